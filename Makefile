@@ -1,0 +1,39 @@
+# pglab — every target installs what it needs first (a .venv in the repo).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel by default; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= dev,plot
+ARGS ?=
+
+.PHONY: help install train test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/.installed  ## create .venv with torch (CPU wheel unless TORCH_SPEC/TORCH_INDEX say otherwise) and pglab
+
+train: install  ## train the default PPO on CartPole-v1 (extra Hydra overrides: make train ARGS="seed=1")
+	$(BIN)/python -m pglab.train $(ARGS)
+
+test: install  ## run the test suite (unit + integration)
+	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q $(ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install  ## speed + learning benchmarks (writes benchmarks/results/)
+	$(BIN)/pip install -q -e ".[$(EXTRAS),bench]"
+	$(BIN)/python benchmarks/run_all.py $(ARGS)
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

@@ -121,9 +121,11 @@ class Surrogate(nn.Module):
 
     needs_whole_episodes = False
     needs_reference = False
+    default_aggregation = "token_mean"
 
-    def __init__(self, aggregation: str = "token_mean", constant_length: float | None = None) -> None:
+    def __init__(self, aggregation: str | None = None, constant_length: float | None = None) -> None:
         super().__init__()
+        aggregation = aggregation or self.default_aggregation
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         self.aggregation = aggregation
@@ -190,7 +192,7 @@ class KLPenalty(Surrogate):
     """
 
     def __init__(self, beta: float = 1.0, adaptive: bool = True, target_kl: float = 0.01,
-                 aggregation: str = "token_mean", constant_length: float | None = None) -> None:
+                 aggregation: str | None = None, constant_length: float | None = None) -> None:
         super().__init__(aggregation, constant_length)
         _check_eps("beta", beta)
         if target_kl <= 0:
@@ -227,7 +229,7 @@ def _clipped_objective(ratio: Tensor, advantages: Tensor, eps_low: float, eps_hi
 class Clip(Surrogate):
     """PPO-clip (seed PPO §7.2); ``eps_high`` defaults to ``eps_low`` (set it higher for clip-higher)."""
 
-    def __init__(self, eps_low: float = 0.2, eps_high: float | None = None, aggregation: str = "token_mean",
+    def __init__(self, eps_low: float = 0.2, eps_high: float | None = None, aggregation: str | None = None,
                  constant_length: float | None = None) -> None:
         super().__init__(aggregation, constant_length)
         eps_high = eps_low if eps_high is None else eps_high
@@ -250,8 +252,10 @@ class GRPO(Clip):
     policy. The k3 estimator is the one of the DeepSeekMath paper: π_ref/π_θ − log(π_ref/π_θ) − 1.
     """
 
+    default_aggregation = "episode_mean"
+
     def __init__(self, eps_low: float = 0.2, eps_high: float | None = None, beta: float = 0.0,
-                 aggregation: str = "episode_mean", constant_length: float | None = None) -> None:
+                 aggregation: str | None = None, constant_length: float | None = None) -> None:
         super().__init__(eps_low, eps_high, aggregation, constant_length)
         _check_eps("beta", beta)
         self.beta = float(beta)

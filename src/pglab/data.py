@@ -1,0 +1,238 @@
+"""On-policy LightningDataModule: every epoch collects a fresh rollout with the current policy.
+
+``train_dataloader`` runs once per epoch (``reload_dataloaders_every_n_epochs=1``), so epoch k collects with
+the weights left by epoch k−1. It turns the rollout into targets (estimator) and advantages (baseline), then
+returns a DataLoader that makes ``update_epochs`` shuffled passes in minibatches: one Lightning epoch is one
+rollout iteration. Minibatches are gathered with one index tensor each (no per-sample collation).
+
+The DataModule meets the LightningModule through two calls only: ``module.act(obs)`` / ``module.value(obs)``
+to collect, and ``module.record_rollout(stats)`` to hand over what the rollout measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pglab import baselines as B
+from pglab.envs import EnvConfig, make_vector_env
+from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
+
+__all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
+           "explained_variance"]
+
+
+@dataclass
+class Batch:
+    """A minibatch, flat [B] (obs [B, obs_dim], actions [B] or [B, d], dist_params_old [B, P]).
+
+    ``mask`` is 1 for real transitions and 0 for padding (whole-episode minibatches are padded to the
+    longest episode); ``episode_ids`` [B] index the ``num_episodes`` episodes of the minibatch.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    logp_old: Tensor
+    values_old: Tensor
+    dist_params_old: Tensor
+    advantages: Tensor
+    targets: Tensor
+    mask: Tensor
+    episode_ids: Tensor
+    num_episodes: int
+
+
+@dataclass
+class RolloutStats:
+    env_steps: int
+    episode_returns: Tensor
+    episode_lengths: Tensor
+    explained_variance: float
+    advantage_mean: float
+    advantage_std: float
+
+
+def explained_variance(predictions: Tensor, targets: Tensor) -> float:
+    """1 − Var(G − V)/Var(G): 1 is a perfect critic, ≤ 0 is no better than a constant."""
+    var = targets.var(unbiased=False)
+    if var <= 0:
+        return float("nan")
+    return float(1 - (targets - predictions).var(unbiased=False) / var)
+
+
+def compute_advantages(rollout: Rollout, estimator: Callable, baseline: Callable,
+                       baseline_name: str) -> tuple[Tensor, Tensor]:
+    """(targets, advantages), both [T, N]; the baseline gets what its kind needs."""
+    targets = estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.done,
+                        rollout.valid)
+    if baseline_name == "value":
+        advantages = baseline(targets, rollout.valid, rollout.values)
+    elif baseline_name == "group":
+        # each column is one episode starting at row 0; its score is the target there (R(τ))
+        advantages = baseline(targets, rollout.valid, targets[0], rollout.group_ids)
+    else:
+        advantages = baseline(targets, rollout.valid)
+    return targets, advantages
+
+
+class _MinibatchDataset(Dataset):
+    """Indexable by a whole index tensor: ``ds[idx]`` returns one Batch of those rows/episodes."""
+
+    def __init__(self, batch: Batch, episode_length: int | None) -> None:
+        self.batch = batch
+        # whole-episode layout: rows are [E * L] episode-major; an index selects episodes
+        self.episode_length = episode_length
+
+    def __len__(self) -> int:
+        return self.batch.num_episodes if self.episode_length else self.batch.obs.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Batch:
+        b = self.batch
+        if self.episode_length is None:
+            rows = index
+            return Batch(b.obs[rows], b.actions[rows], b.logp_old[rows], b.values_old[rows],
+                         b.dist_params_old[rows], b.advantages[rows], b.targets[rows], b.mask[rows],
+                         b.episode_ids[rows], 1)
+        L_ = self.episode_length
+        rows = (index.unsqueeze(1) * L_ + torch.arange(L_).unsqueeze(0)).reshape(-1)
+        local_ids = torch.arange(index.numel()).repeat_interleave(L_)
+        return Batch(b.obs[rows], b.actions[rows], b.logp_old[rows], b.values_old[rows], b.dist_params_old[rows],
+                     b.advantages[rows], b.targets[rows], b.mask[rows], local_ids, int(index.numel()))
+
+
+class MinibatchSampler(Sampler):
+    """``passes`` reshuffled passes over ``size`` items, yielding one index tensor per minibatch."""
+
+    def __init__(self, size: int, num_minibatches: int, passes: int, generator: torch.Generator) -> None:
+        self.size, self.passes, self.generator = size, passes, generator
+        self.num_minibatches = max(1, min(num_minibatches, size))
+
+    def __len__(self) -> int:
+        return self.passes * self.num_minibatches
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for _ in range(self.passes):
+            yield from torch.randperm(self.size, generator=self.generator).tensor_split(self.num_minibatches)
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+class OnPolicyDataModule(L.LightningDataModule):
+    """Owns the environments, the collector and the rollout-to-batch transform.
+
+    Args:
+        env: environment config (``conf/env``).
+        collector: ``kind`` (segments | episodes), ``num_steps`` (segments), ``num_groups`` × ``group_size``
+            (episodes), ``max_episode_steps`` (episodes; default: the env's time limit).
+        estimator: callable (rewards, values, next_values, terminated, done, valid) → targets [T, N].
+        baseline: callable from ``pglab.baselines``; ``baseline_name`` says which inputs it takes.
+        update_epochs / num_minibatches: K shuffled passes in M minibatches per rollout.
+        whole_episodes: minibatches made of whole episodes (GSPO, episode-level aggregation).
+        seed: drives env seeding, group start states and minibatch shuffling.
+    """
+
+    def __init__(self, env: EnvConfig, collector: dict, estimator: Callable, baseline: Callable,
+                 baseline_name: str, update_epochs: int, num_minibatches: int, whole_episodes: bool,
+                 seed: int) -> None:
+        super().__init__()
+        self.env_cfg = env
+        self.collector_cfg = dict(collector)
+        self.estimator, self.baseline, self.baseline_name = estimator, baseline, baseline_name
+        self.update_epochs, self.num_minibatches = update_epochs, num_minibatches
+        self.whole_episodes = whole_episodes
+        self.seed = seed
+        self.envs = None
+        self.collector: SegmentCollector | EpisodeCollector | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.total_env_steps = 0
+
+    # -- environments --------------------------------------------------------------------------------
+    @property
+    def episodic(self) -> bool:
+        return self.collector_cfg["kind"] == "episodes"
+
+    def make_envs(self):
+        if self.envs is None:
+            if self.episodic:
+                n = self.collector_cfg["num_groups"] * self.collector_cfg["group_size"]
+                # per-env seeds for grouped resets need a gymnasium vector env, not a native one
+                vectorization = "sync" if self.env_cfg.vectorization in ("auto", "native") else None
+                self.envs = make_vector_env(self.env_cfg, num_envs=n, vectorization=vectorization)
+            else:
+                self.envs = make_vector_env(self.env_cfg)
+        return self.envs
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.collector is not None:
+            return
+        envs = self.make_envs()
+        param_dim = self.trainer.lightning_module.policy.head.param_dim
+        if self.episodic:
+            max_steps = self.collector_cfg.get("max_episode_steps") or (
+                envs.spec.max_episode_steps if envs.spec is not None else None)
+            if not max_steps:
+                raise ValueError(f"{self.env_cfg.id} has no time limit: set collector.max_episode_steps for the "
+                                 "episode collector")
+            self.collector = EpisodeCollector(envs, self.collector_cfg["num_groups"],
+                                              self.collector_cfg["group_size"], int(max_steps), param_dim,
+                                              self.seed)
+        else:
+            self.collector = SegmentCollector(envs, self.collector_cfg["num_steps"], param_dim, self.seed)
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+            self.collector = None
+
+    # -- one rollout per epoch -----------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        module = self.trainer.lightning_module
+        with torch.inference_mode():
+            rollout = self.collector.collect(module.act, module.value)
+            targets, advantages = compute_advantages(rollout, self.estimator, self.baseline, self.baseline_name)
+        valid = rollout.valid
+        self.total_env_steps += rollout.num_transitions
+        module.record_rollout(RolloutStats(
+            env_steps=rollout.num_transitions,
+            episode_returns=torch.as_tensor(rollout.episode_returns, dtype=torch.float32),
+            episode_lengths=torch.as_tensor(rollout.episode_lengths, dtype=torch.float32),
+            explained_variance=explained_variance(rollout.values[valid], targets[valid]),
+            advantage_mean=float(advantages[valid].mean()),
+            advantage_std=float(advantages[valid].std()) if valid.sum() > 1 else 0.0,
+        ))
+        batch, episode_length = self._flatten(rollout, targets, advantages)
+        dataset = _MinibatchDataset(batch, episode_length)
+        sampler = MinibatchSampler(len(dataset), self.num_minibatches, self.update_epochs, self.generator)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_identity)
+
+    def _flatten(self, rollout: Rollout, targets: Tensor, advantages: Tensor) -> tuple[Batch, int | None]:
+        """[T, N] → flat rows. Segments: only the valid rows. Whole episodes: episode-major, padded."""
+        fields = (rollout.obs, rollout.actions, rollout.logp, rollout.values, rollout.dist_params, advantages,
+                  targets)
+        if self.whole_episodes:
+            T, N = rollout.valid.shape
+            flat = [x.transpose(0, 1).reshape(N * T, *x.shape[2:]) for x in fields]
+            mask = rollout.valid.transpose(0, 1).reshape(-1).float()
+            episode_ids = torch.arange(N).repeat_interleave(T)
+            return Batch(*flat, mask, episode_ids, N), T
+        valid = rollout.valid
+        flat = [x[valid] for x in fields]
+        count = flat[0].shape[0]
+        return Batch(*flat, torch.ones(count), torch.zeros(count, dtype=torch.long), 1), None
+
+    # -- checkpointed state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"total_env_steps": self.total_env_steps, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total_env_steps = state["total_env_steps"]
+        self.generator.set_state(state["generator"])
+

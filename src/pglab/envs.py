@@ -1,0 +1,100 @@
+"""Vector environments from config, built from gymnasium's own vector envs and vector wrappers.
+
+Autoreset mode — chosen deliberately: **next-step** (gymnasium's default). On the step where env i ends,
+``obs[i]`` *is* the true final observation, so the collector's next policy call evaluates V(final obs)
+and that value becomes the truncation bootstrap of the ending step (``next_values[t] = values[t+1]``).
+On the following call env i resets: it ignores the action and returns reward 0 with both flags False.
+That row is not a transition; the collector marks it ``valid = False`` and it is masked out of the
+estimators, the advantage statistics, the loss and the episode metrics.
+Next-step is also the only mode that the vector ``NormalizeObservation`` wrapper and CartPole's native
+vector env accept, which is why it is the one used everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.wrappers import vector as vw
+
+__all__ = ["EnvConfig", "make_vector_env", "VECTORIZATIONS"]
+
+VECTORIZATIONS = ("auto", "native", "sync", "async")
+
+
+@dataclass
+class EnvConfig:
+    """Mirror of ``conf/env/*.yaml``."""
+
+    id: str = "CartPole-v1"
+    num_envs: int = 8
+    vectorization: str = "auto"
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    reward_gamma: float = 0.99
+    clip_obs: float | None = 10.0
+    clip_reward: float | None = 10.0
+    clip_actions: bool = True
+    max_episode_steps: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_mode(spec: gym.envs.registration.EnvSpec, vectorization: str) -> str:
+    if vectorization not in VECTORIZATIONS:
+        raise ValueError(f"env.vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
+    has_native = spec.vector_entry_point is not None
+    if vectorization == "native" and not has_native:
+        raise ValueError(f"env.vectorization=native but {spec.id} registers no native vector env; "
+                         "use env.vectorization=sync or async")
+    if vectorization == "auto":
+        return "vector_entry_point" if has_native else "sync"
+    return "vector_entry_point" if vectorization == "native" else vectorization
+
+
+def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str | None = None,
+                    normalize_obs: bool | None = None) -> gym.vector.VectorEnv:
+    """Build ``num_envs`` copies of ``cfg.id`` with episode statistics and the configured normalisation.
+
+    Wrapper order (inner → outer): episode statistics on the *raw* rewards, action clipping (Box),
+    observation normalisation + clip, reward normalisation + clip.
+    """
+    try:
+        spec = gym.spec(cfg.id)
+    except gym.error.Error as err:
+        raise ValueError(f"env.id={cfg.id!r} is not a registered gymnasium environment ({err})") from err
+    mode = _resolve_mode(spec, vectorization or cfg.vectorization)
+    n = num_envs or cfg.num_envs
+    kwargs = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    envs = gym.make_vec(cfg.id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+    if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
+        raise ValueError(f"{cfg.id}'s vector env does not use next-step autoreset, which pglab's collector "
+                         "relies on; use env.vectorization=sync")
+    envs = vw.RecordEpisodeStatistics(envs)
+    if isinstance(envs.single_action_space, gym.spaces.Box) and cfg.clip_actions:
+        envs = vw.ClipAction(envs)
+    if cfg.normalize_obs if normalize_obs is None else normalize_obs:
+        envs = vw.NormalizeObservation(envs)
+        if cfg.clip_obs is not None:
+            bound = float(cfg.clip_obs)
+            envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -bound, bound), envs.observation_space)
+    if cfg.normalize_reward:
+        envs = vw.NormalizeReward(envs, gamma=cfg.reward_gamma)
+        if cfg.clip_reward is not None:
+            envs = vw.ClipReward(envs, -float(cfg.clip_reward), float(cfg.clip_reward))
+    return envs
+
+
+def find_wrapper(envs: gym.vector.VectorEnv, wrapper_type: type) -> Any | None:
+    """The first wrapper of ``wrapper_type`` in the chain (e.g. to read or freeze normalisation statistics)."""
+    current = envs
+    while current is not None:
+        if isinstance(current, wrapper_type):
+            return current
+        current = getattr(current, "env", None)
+    return None

@@ -1,0 +1,148 @@
+"""The LightningModule: networks, surrogate, optimiser and every piece of learnable or adaptive state.
+
+training_step = surrogate + c_v·value loss − c_e·entropy, on one minibatch. Adaptive β (a buffer of the
+surrogate), the frozen reference policy (GRPO's KL) and the env-step counter live here, so a checkpoint of
+this module is a checkpoint of the learner.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from pglab.data import Batch, RolloutStats
+from pglab.networks import ActorCritic, ActOutput
+from pglab.surrogates import KLPenalty, Surrogate, SurrogateInput, value_loss
+
+__all__ = ["PolicyGradientModule"]
+
+
+class PolicyGradientModule(L.LightningModule):
+    """Policy-gradient learner; the algorithm is whatever ``surrogate`` (and the data's estimator/baseline) is.
+
+    Args:
+        policy: actor(-critic) network.
+        surrogate: a ``pglab.surrogates.Surrogate``.
+        lr, adam_eps: Adam settings; ``anneal_lr`` decays lr linearly to 0 over ``total_env_steps``.
+        vf_coef, ent_coef: weights of the value loss and the entropy bonus.
+        value_clip: clip range of the PPO value loss around the old value (None: plain MSE).
+        normalize_advantages: per-minibatch (A − mean)/(std + 1e-8) over the real rows.
+        target_kl: stop the remaining minibatches of the epoch once approx-KL exceeds it (None: never).
+        reference_refresh_every: copy the policy into the frozen reference every M epochs (0: never after
+            the start). Only used when the surrogate needs a reference (GRPO with β > 0).
+    """
+
+    def __init__(self, policy: ActorCritic, surrogate: Surrogate, lr: float = 2.5e-4, adam_eps: float = 1e-5,
+                 anneal_lr: bool = True, total_env_steps: int = 100_000, vf_coef: float = 0.5,
+                 ent_coef: float = 0.0, value_clip: float | None = None, normalize_advantages: bool = True,
+                 target_kl: float | None = None, reference_refresh_every: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["policy", "surrogate"])
+        self.policy = policy
+        self.surrogate = surrogate
+        self.reference = None
+        if surrogate.needs_reference:
+            self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
+        self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
+        self._epoch_stats: dict[str, list[Tensor]] = defaultdict(list)
+        self._rollout: RolloutStats | None = None
+        self._stop_epoch = False
+        self._start_time: float | None = None
+        self._start_steps = 0
+
+    # -- the collection interface (called by the DataModule) ----------------------------------------
+    @torch.inference_mode()
+    def act(self, obs: Tensor) -> ActOutput:
+        return self.policy.act(obs.to(self.device))
+
+    @torch.inference_mode()
+    def value(self, obs: Tensor) -> Tensor:
+        return self.policy.value(obs.to(self.device))
+
+    def record_rollout(self, stats: RolloutStats) -> None:
+        self._rollout = stats
+        self.env_steps += stats.env_steps
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+
+    def on_train_epoch_start(self) -> None:
+        self._stop_epoch = False
+        if self._start_time is None:
+            self._start_time, self._start_steps = time.perf_counter(), int(self.env_steps)
+        if self.hparams.anneal_lr:
+            # linear decay by env steps (epochs have no fixed size under the episode collector)
+            frac = max(0.0, 1.0 - float(self.env_steps) / max(self.hparams.total_env_steps, 1))
+            for group in self.optimizers().param_groups:
+                group["lr"] = self.hparams.lr * frac
+        if self.reference is not None and self.hparams.reference_refresh_every > 0 \
+                and self.current_epoch > 0 and self.current_epoch % self.hparams.reference_refresh_every == 0:
+            self.reference.load_state_dict(self.policy.state_dict())
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> int | None:
+        return -1 if self._stop_epoch else None  # -1 ends the epoch: target-KL early stop
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        out = self.policy.evaluate(batch.obs, batch.actions)
+        mask = batch.mask
+        count = mask.sum().clamp_min(1.0)
+        advantages = batch.advantages
+        if self.hparams.normalize_advantages:
+            mean = (advantages * mask).sum() / count
+            std = (((advantages - mean) ** 2 * mask).sum() / (count - 1).clamp_min(1.0)).sqrt()
+            advantages = (advantages - mean) / (std + 1e-8)
+        logp_ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                logp_ref = self.reference.evaluate(batch.obs, batch.actions).logp
+        kl_old_new = self.policy.kl(batch.dist_params_old, out.dist_params) \
+            if isinstance(self.surrogate, KLPenalty) else None
+        surrogate = self.surrogate(SurrogateInput(
+            logp=out.logp, logp_old=batch.logp_old, advantages=advantages, mask=mask,
+            episode_ids=batch.episode_ids, num_episodes=batch.num_episodes, logp_ref=logp_ref,
+            kl_old_new=kl_old_new))
+        entropy = (out.entropy * mask).sum() / count
+        loss = surrogate.loss - self.hparams.ent_coef * entropy
+        stats = {"policy_loss": surrogate.loss.detach(), "entropy": entropy.detach(), **surrogate.stats}
+        if self.policy.has_value:
+            v_loss = value_loss(out.values, batch.targets, mask, batch.values_old, self.hparams.value_clip)
+            loss = loss + self.hparams.vf_coef * v_loss
+            stats["value_loss"] = v_loss.detach()
+        for key, value in stats.items():
+            self._epoch_stats[key].append(value)
+        if self.hparams.target_kl is not None and float(surrogate.stats["approx_kl"]) > self.hparams.target_kl:
+            self._stop_epoch = True
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        metrics: dict[str, float] = {}
+        for key, values in self._epoch_stats.items():
+            metrics[f"train/{key}"] = float(torch.stack(values).float().mean())
+        self._epoch_stats.clear()
+        if isinstance(self.surrogate, KLPenalty) and "train/approx_kl" in metrics:
+            self.surrogate.update_beta(metrics["train/approx_kl"])
+            metrics["train/beta"] = float(self.surrogate.beta)
+        if self._rollout is not None:
+            r = self._rollout
+            if r.episode_returns.numel() > 0:
+                metrics["rollout/episode_return"] = float(r.episode_returns.mean())
+                metrics["rollout/episode_length"] = float(r.episode_lengths.mean())
+            metrics["train/explained_variance"] = r.explained_variance
+            metrics["rollout/advantage_mean"] = r.advantage_mean
+            metrics["rollout/advantage_std"] = r.advantage_std
+        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        metrics["env_steps"] = float(self.env_steps)
+        elapsed = time.perf_counter() - (self._start_time or time.perf_counter())
+        if elapsed > 0:
+            metrics["perf/sps"] = (int(self.env_steps) - self._start_steps) / elapsed
+        metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+        show = {"rollout/episode_return", "env_steps"}
+        self.log_dict({k: v for k, v in metrics.items() if k in show}, prog_bar=True, on_epoch=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in show}, on_epoch=True)

@@ -1,0 +1,122 @@
+"""Hydra entry point: ``python -m pglab.train [overrides]`` (or ``pglab-train``).
+
+compose config → validate the combination → DataModule (envs) → networks → LightningModule → Trainer.fit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pglab.checks import ConfigError, check_combination, component_name
+from pglab.baselines import BASELINES
+from pglab.data import OnPolicyDataModule
+from pglab.envs import EnvConfig
+from pglab.loggers import finish_wandb, sync_hint
+from pglab.module import PolicyGradientModule
+from pglab.networks import ActorCritic, action_space_spec, obs_size
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+__all__ = ["main", "build", "EnvStepBudget", "CONFIG_DIR"]
+
+
+class EnvStepBudget(L.Callback):
+    """Stops training once the module has consumed ``total_env_steps`` real transitions."""
+
+    def __init__(self, total_env_steps: int) -> None:
+        self.total_env_steps = total_env_steps
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        if int(module.env_steps) >= self.total_env_steps:
+            trainer.should_stop = True
+
+
+@dataclass
+class Run:
+    trainer: L.Trainer
+    module: PolicyGradientModule
+    datamodule: OnPolicyDataModule
+    cfg: DictConfig
+
+
+def build(cfg: DictConfig) -> Run:
+    """Everything ``fit`` needs, validated before any environment steps."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_num_threads(int(cfg.torch_threads))
+    estimator = instantiate(cfg.estimator)
+    baseline = instantiate(cfg.baseline)
+    surrogate = instantiate(cfg.surrogate)
+    check_combination(cfg, estimator, baseline, surrogate)
+
+    datamodule = OnPolicyDataModule(
+        env=EnvConfig(**OmegaConf.to_container(cfg.env, resolve=True)),
+        collector=OmegaConf.to_container(cfg.collector, resolve=True),
+        estimator=estimator, baseline=baseline, baseline_name=component_name(baseline, BASELINES),
+        update_epochs=cfg.learner.epochs, num_minibatches=cfg.learner.num_minibatches,
+        whole_episodes=surrogate.needs_whole_episodes, seed=cfg.seed)
+    envs = datamodule.make_envs()
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    policy = ActorCritic(obs_size(envs.single_observation_space), action_space_spec(envs.single_action_space),
+                         hidden=tuple(model_cfg["hidden"]), activation=model_cfg["activation"],
+                         shared=model_cfg["shared"], value_head=model_cfg["value_head"],
+                         log_std_init=model_cfg["log_std_init"])
+    u = cfg.learner
+    module = PolicyGradientModule(
+        policy, surrogate, lr=u.lr, adam_eps=u.adam_eps, anneal_lr=u.anneal_lr, total_env_steps=cfg.total_env_steps,
+        vf_coef=u.vf_coef, ent_coef=u.ent_coef, value_clip=u.value_clip, normalize_advantages=u.normalize_advantages,
+        target_kl=u.target_kl, reference_refresh_every=u.reference_refresh_every)
+
+    loggers = []
+    resolved_config = OmegaConf.to_container(cfg, resolve=True)
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            loggers.append(instantiate(logger_cfg, config=resolved_config))
+        else:
+            loggers.append(instantiate(logger_cfg))
+    for logger in loggers:
+        if not hasattr(logger, "experiment") or type(logger).__name__ == "WandbLogger":
+            continue
+        logger.log_hyperparams(resolved_config)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[EnvStepBudget(cfg.total_env_steps)])
+    return Run(trainer, module, datamodule, cfg)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train one configuration; returns the final logged metrics (floats)."""
+    try:
+        r = build(cfg)
+        r.trainer.fit(r.module, datamodule=r.datamodule)
+        metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
+        out = Path(cfg.paths.output_dir)
+        steps = int(r.module.env_steps)
+        print(f"pglab: {steps} env steps, last mean episode return "
+              f"{metrics.get('rollout/episode_return', math.nan):.1f}; outputs in {out}")
+        hint = sync_hint(str(out))
+        if hint:
+            print(f"pglab: W&B ran offline; to upload: {hint}")
+        return metrics
+    finally:
+        finish_wandb()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    except ConfigError as err:
+        print(f"pglab: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("rollout/episode_return")  # for sweepers (Optuna maximises it)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,7 @@ def resolve_wandb_mode(mode: str | None) -> str:
 
 
 def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str | None = None,
-                 mode: str | None = None, tags: list[str] | None = None, config: dict | None = None):
+                 mode: str | None = None, tags: list[str] | None = None):
     """A Lightning WandbLogger whose mode never blocks on a missing network."""
     try:
         from lightning.pytorch.loggers import WandbLogger
@@ -45,16 +45,7 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
-                       mode=resolved, tags=list(tags or []), config=config,
-                       settings=_settings(resolved))
-
-
-def _settings(mode: str):
-    import wandb
-
-    # offline runs must not probe the network at all; short timeouts online so a dead link fails fast
-    return wandb.Settings(init_timeout=30, x_disable_stats=False, console="off") if mode == "online" \
-        else wandb.Settings(console="off")
+                       mode=resolved, tags=list(tags or []))
 
 
 def sync_hint(save_dir: str) -> str | None:

@@ -77,15 +77,10 @@ def build(cfg: DictConfig) -> Run:
 
     loggers = []
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if name == "wandb":
-            loggers.append(instantiate(logger_cfg, config=resolved_config))
-        else:
-            loggers.append(instantiate(logger_cfg))
-    for logger in loggers:
-        if not hasattr(logger, "experiment") or type(logger).__name__ == "WandbLogger":
-            continue
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        logger = instantiate(logger_cfg)
         logger.log_hyperparams(resolved_config)
+        loggers.append(logger)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[EnvStepBudget(cfg.total_env_steps)])
     return Run(trainer, module, datamodule, cfg)
 

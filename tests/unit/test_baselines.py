@@ -27,8 +27,9 @@ def targets_and_mask(draw, max_t: int = 7, max_n: int = 5):
     valid = draw(st.lists(st.lists(st.booleans(), min_size=N, max_size=N), min_size=T, max_size=T))
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     # invalid rows hold garbage that must not leak into anything
-    targets = [[rng.uniform(-3, 3) if valid[t][n] else rng.uniform(-1e4, 1e4) for n in range(N)]
-               for t in range(T)]
+    targets = [
+        [rng.uniform(-3, 3) if valid[t][n] else rng.uniform(-1e4, 1e4) for n in range(N)] for t in range(T)
+    ]
     values = [[rng.uniform(-3, 3) for _ in range(N)] for _ in range(T)]
     return targets, values, valid
 
@@ -46,7 +47,10 @@ def _tensor(rows) -> torch.Tensor:
 @given(data=targets_and_mask())
 def test_no_baseline_is_the_target_on_valid_rows(data):
     targets, _, valid = data
-    expected = [[g if v else 0.0 for g, v in zip(row, vrow)] for row, vrow in zip(targets, valid)]
+    expected = [
+        [g if v else 0.0 for g, v in zip(row, vrow, strict=True)]
+        for row, vrow in zip(targets, valid, strict=True)
+    ]
     close(no_baseline(_tensor(targets), torch.tensor(valid)), _tensor(expected))
 
 
@@ -54,9 +58,12 @@ def test_no_baseline_is_the_target_on_valid_rows(data):
 @given(data=targets_and_mask())
 def test_mean_baseline_subtracts_the_mean_of_the_valid_rows(data):
     targets, _, valid = data
-    real = [g for row, vrow in zip(targets, valid) for g, v in zip(row, vrow) if v]
+    real = [g for row, vrow in zip(targets, valid, strict=True) for g, v in zip(row, vrow, strict=True) if v]
     mean = statistics.fmean(real) if real else 0.0
-    expected = [[g - mean if v else 0.0 for g, v in zip(row, vrow)] for row, vrow in zip(targets, valid)]
+    expected = [
+        [g - mean if v else 0.0 for g, v in zip(row, vrow, strict=True)]
+        for row, vrow in zip(targets, valid, strict=True)
+    ]
     out = mean_baseline(_tensor(targets), torch.tensor(valid))
     close(out, _tensor(expected), atol=1e-9)
     if real:
@@ -67,8 +74,10 @@ def test_mean_baseline_subtracts_the_mean_of_the_valid_rows(data):
 @given(data=targets_and_mask())
 def test_value_baseline_subtracts_the_value(data):
     targets, values, valid = data
-    expected = [[g - b if v else 0.0 for g, b, v in zip(row, brow, vrow)]
-                for row, brow, vrow in zip(targets, values, valid)]
+    expected = [
+        [g - b if v else 0.0 for g, b, v in zip(row, brow, vrow, strict=True)]
+        for row, brow, vrow in zip(targets, values, valid, strict=True)
+    ]
     close(value_baseline(_tensor(targets), torch.tensor(valid), _tensor(values)), _tensor(expected))
 
 
@@ -88,8 +97,12 @@ def test_mean_baseline_with_no_valid_row_is_zero_not_nan():
 
 
 def test_registry():
-    assert BASELINES == {"none": no_baseline, "mean": mean_baseline, "value": value_baseline,
-                         "group": group_baseline}
+    assert BASELINES == {
+        "none": no_baseline,
+        "mean": mean_baseline,
+        "value": value_baseline,
+        "group": group_baseline,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,14 +128,19 @@ def grouped_episodes(draw, max_t: int = 6, max_n: int = 8):
 
 def _group_stats(scores, group_ids):
     members: dict[int, list[float]] = {}
-    for s, g in zip(scores, group_ids):
+    for s, g in zip(scores, group_ids, strict=True):
         members.setdefault(g, []).append(s)
     return {g: (statistics.fmean(v), statistics.pstdev(v)) for g, v in members.items()}
 
 
 def _call_group(targets, valid, scores, group_ids, **kwargs):
-    return group_baseline(_tensor(targets), torch.tensor(valid), _tensor(scores),
-                          torch.tensor(group_ids, dtype=torch.long), **kwargs)
+    return group_baseline(
+        _tensor(targets),
+        torch.tensor(valid),
+        _tensor(scores),
+        torch.tensor(group_ids, dtype=torch.long),
+        **kwargs,
+    )
 
 
 @HYP
@@ -175,11 +193,12 @@ def test_dr_grpo_only_centres(data):
             expected = targets[t][n] - stats[group_ids[n]][0] if valid[t][n] else 0.0
             assert out[t, n].item() == pytest.approx(expected, abs=1e-10)
     # centring keeps the spread: within a group the advantages equal the scores minus a constant
-    for g, (mean, _) in stats.items():
+    for g, (_mean, _) in stats.items():
         members = [out[0, n].item() for n in range(len(scores)) if group_ids[n] == g]
         assert abs(sum(members)) < 1e-9
         assert statistics.pstdev(members) == pytest.approx(
-            statistics.pstdev([scores[n] for n in range(len(scores)) if group_ids[n] == g]), abs=1e-9)
+            statistics.pstdev([scores[n] for n in range(len(scores)) if group_ids[n] == g]), abs=1e-9
+        )
 
 
 def test_group_baseline_hand_worked():
@@ -194,8 +213,10 @@ def test_group_baseline_hand_worked():
         [0.0, 0.0, -1.0 / s8, -1.0 / s8, 5.0 / s8],
     ]
     close(_call_group(targets, valid, scores, group_ids, eps=0.0), _tensor(expected))
-    close(_call_group(targets, valid, scores, group_ids, scale=False),
-          _tensor([[-1.0, 1.0, -2.0, -2.0, 4.0], [0.0, 0.0, -1.0, -1.0, 5.0]]))
+    close(
+        _call_group(targets, valid, scores, group_ids, scale=False),
+        _tensor([[-1.0, 1.0, -2.0, -2.0, 4.0], [0.0, 0.0, -1.0, -1.0, 5.0]]),
+    )
 
 
 def test_group_with_identical_returns_gives_zero_advantage_and_no_nan():

@@ -178,7 +178,10 @@ def brute_advantage_k(ro: Rollout, gamma: float, k: int, t: int, n: int) -> floa
 
 
 def brute_gae_advantage(ro: Rollout, gamma: float, lam: float) -> torch.Tensor:
-    """(1−λ)(A¹ + λA² + …) truncated at K = T: every A^k with k ≥ T equals A^T, so the tail sums to λ^{K−1}A^K."""
+    """(1−λ)(A¹ + λA² + …) truncated at K = T.
+
+    Every A^k with k ≥ T equals A^T, so the tail (1−λ)Σ_{k≥K} λ^{k−1}A^k sums to λ^{K−1}A^K.
+    """
     K = ro.T
 
     def one(t: int, n: int) -> float:
@@ -375,11 +378,15 @@ def test_termination_and_truncation_differ_by_exactly_the_bootstrap(ro, gamma, l
         e = stop_row(ro, t, n, horizon)
         return gamma ** (e - t + 1) * ro.next_values[e][n] if ro.done[e][n] else 0.0
 
-    close(reward_to_go(**xu, gamma=gamma) - reward_to_go(**xt, gamma=gamma),
-          grid(ro, lambda t, n: extra_bootstrap(t, n, math.inf)))
+    close(
+        reward_to_go(**xu, gamma=gamma) - reward_to_go(**xt, gamma=gamma),
+        grid(ro, lambda t, n: extra_bootstrap(t, n, math.inf)),
+    )
     for k in range(1, ro.T + 2):
-        close(nstep(**xu, gamma=gamma, k=k) - nstep(**xt, gamma=gamma, k=k),
-              grid(ro, lambda t, n, k=k: extra_bootstrap(t, n, k)))
+        close(
+            nstep(**xu, gamma=gamma, k=k) - nstep(**xt, gamma=gamma, k=k),
+            grid(ro, lambda t, n, k=k: extra_bootstrap(t, n, k)),
+        )
 
     def gae_extra(t: int, n: int) -> float:
         e = stop_row(ro, t, n)

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pglab import baselines as B
 from pglab.envs import EnvConfig, make_vector_env
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 

@@ -51,7 +51,7 @@ class PolicyGradientModule(L.LightningModule):
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
         self._epoch_stats: dict[str, list[Tensor]] = defaultdict(list)
-        self._rollout: RolloutStats | None = None
+        self.last_rollout: RolloutStats | None = None
         self._stop_epoch = False
         self._start_time: float | None = None
         self._start_steps = 0
@@ -66,7 +66,7 @@ class PolicyGradientModule(L.LightningModule):
         return self.policy.value(obs.to(self.device))
 
     def record_rollout(self, stats: RolloutStats) -> None:
-        self._rollout = stats
+        self.last_rollout = stats
         self.env_steps += stats.env_steps
 
     # -- optimisation -------------------------------------------------------------------------------
@@ -129,8 +129,8 @@ class PolicyGradientModule(L.LightningModule):
         if isinstance(self.surrogate, KLPenalty) and "train/approx_kl" in metrics:
             self.surrogate.update_beta(metrics["train/approx_kl"])
             metrics["train/beta"] = float(self.surrogate.beta)
-        if self._rollout is not None:
-            r = self._rollout
+        if self.last_rollout is not None:
+            r = self.last_rollout
             if r.episode_returns.numel() > 0:
                 metrics["rollout/episode_return"] = float(r.episode_returns.mean())
                 metrics["rollout/episode_length"] = float(r.episode_lengths.mean())

@@ -16,8 +16,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.checks import ConfigError, check_combination, component_name
 from pglab.baselines import BASELINES
+from pglab.callbacks import SolveTracker
+from pglab.checks import ConfigError, check_combination, component_name
 from pglab.data import OnPolicyDataModule
 from pglab.envs import EnvConfig
 from pglab.loggers import finish_wandb, sync_hint
@@ -81,7 +82,8 @@ def build(cfg: DictConfig) -> Run:
         logger = instantiate(logger_cfg)
         logger.log_hyperparams(resolved_config)
         loggers.append(logger)
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[EnvStepBudget(cfg.total_env_steps)])
+    callbacks = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20)]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return Run(trainer, module, datamodule, cfg)
 
 

@@ -6,8 +6,8 @@ The expected verdict comes from the design's rules, written out here independent
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import re
 
 import pytest
 

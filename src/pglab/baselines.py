@@ -66,6 +66,7 @@ def group_baseline(targets: Tensor, valid: Tensor, episode_scores: Tensor, group
                          f"must both be [N] = [{targets.shape[1]}]")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
+    episode_scores = episode_scores.to(targets.dtype)
     groups, inverse = torch.unique(group_ids, return_inverse=True)
     num_groups = groups.numel()
     counts = torch.zeros(num_groups, dtype=targets.dtype).index_add_(0, inverse, torch.ones_like(episode_scores))
@@ -74,7 +75,10 @@ def group_baseline(targets: Tensor, valid: Tensor, episode_scores: Tensor, group
     variances = torch.zeros(num_groups, dtype=targets.dtype).index_add_(0, inverse, centred**2) / counts
     advantages = targets - means[inverse].unsqueeze(0)
     if scale:
-        advantages = advantages / (variances.sqrt()[inverse].unsqueeze(0) + eps)
+        denominator = (variances.sqrt() + eps)[inverse].unsqueeze(0)
+        # a group whose returns are all equal carries no signal: A = 0 there, even with eps = 0
+        advantages = torch.where(denominator > 0, advantages / denominator.clamp_min(1e-30),
+                                 torch.zeros_like(advantages))
     return _masked(advantages, valid)
 
 

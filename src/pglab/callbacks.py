@@ -5,8 +5,94 @@ from __future__ import annotations
 from collections import deque
 
 import lightning as L
+import numpy as np
+import torch
 
-__all__ = ["SolveTracker"]
+__all__ = ["SolveTracker", "EvalCallback", "run_episodes"]
+
+
+def run_episodes(envs, act, num_episodes: int, seed: int, max_steps: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``envs`` (a vector env with episode statistics) until ``num_episodes`` episodes have finished.
+
+    ``act(obs [N, D]) -> actions [N]`` is called once per vector step. Returns (returns, lengths) of the first
+    ``num_episodes`` episodes to finish, raw (before any reward normalisation).
+    """
+    obs, _ = envs.reset(seed=seed)
+    returns: list[float] = []
+    lengths: list[int] = []
+    for _ in range(max_steps):
+        actions = act(torch.as_tensor(obs, dtype=torch.float32))
+        obs, _, terminated, truncated, info = envs.step(actions.cpu().numpy())
+        done = terminated | truncated
+        if done.any() and "episode" in info:
+            mask = info.get("_episode", done)
+            returns.extend(np.asarray(info["episode"]["r"])[mask].tolist())
+            lengths.extend(np.asarray(info["episode"]["l"])[mask].tolist())
+            if len(returns) >= num_episodes:
+                break
+    return np.asarray(returns[:num_episodes], dtype=np.float64), np.asarray(lengths[:num_episodes], dtype=np.int64)
+
+
+class EvalCallback(L.Callback):
+    """Every ``every_n_epochs`` epochs (and after the last), runs the deterministic policy (the mode of π) on a
+    separate eval vector env for ``episodes`` episodes; logs ``eval/return_mean``, ``eval/return_std``,
+    ``eval/length_mean``. Observation normalisation statistics are copied from training and frozen.
+    ``video_dir``: record the first eval env's episodes there with gymnasium's RecordVideo (needs moviepy)."""
+
+    def __init__(self, every_n_epochs: int = 10, episodes: int = 10, num_envs: int = 4, seed: int = 10_000,
+                 video_dir: str | None = None) -> None:
+        if every_n_epochs < 1 or episodes < 1 or num_envs < 1:
+            raise ValueError("eval.every_n_epochs, eval.episodes and eval.num_envs must be >= 1")
+        self.every_n_epochs, self.episodes, self.num_envs, self.seed = every_n_epochs, episodes, num_envs, seed
+        self.video_dir = video_dir
+        self.envs = None
+        self.evaluations = 0
+
+    def _evaluate(self, trainer: L.Trainer, module) -> None:
+        datamodule = trainer.datamodule
+        if self.envs is None:
+            if self.video_dir is not None:
+                self.envs = datamodule.make_eval_envs(self.num_envs, record_video_dir=self.video_dir)
+            else:
+                self.envs = datamodule.make_eval_envs(self.num_envs)
+        else:
+            datamodule.sync_obs_normalization(self.envs)
+        was_training = module.training
+        module.eval()
+        with torch.inference_mode():
+            returns, lengths = run_episodes(
+                self.envs, lambda obs: module.policy.act(obs.to(module.device), deterministic=True).actions,
+                self.episodes, seed=self.seed + self.evaluations)
+        module.train(was_training)
+        self.evaluations += 1
+        module.log_dict({"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
+                         "eval/length_mean": float(lengths.mean())}, on_epoch=True)
+        log_videos(trainer, self.video_dir, int(module.env_steps))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        last = trainer.should_stop or (trainer.max_epochs not in (None, -1)
+                                       and trainer.current_epoch + 1 >= trainer.max_epochs)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last:
+            self._evaluate(trainer, module)
+
+    def on_fit_end(self, trainer: L.Trainer, module) -> None:
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+
+
+def log_videos(trainer: L.Trainer, video_dir: str | None, step: int) -> None:
+    """Send the newest recorded video to W&B (if a W&B logger is attached)."""
+    if video_dir is None:
+        return
+    from pathlib import Path
+
+    videos = sorted(Path(video_dir).glob("*.mp4"), key=lambda p: p.stat().st_mtime)
+    if not videos:
+        return
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_video("eval/video", [str(videos[-1])], step=step, format=["mp4"])
 
 
 class SolveTracker(L.Callback):

@@ -11,15 +11,17 @@ to collect, and ``module.record_rollout(stats)`` to hand over what the rollout m
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import lightning as L
 import torch
+from gymnasium.wrappers import vector as vw
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pglab.envs import EnvConfig, make_vector_env
+from pglab.envs import EnvConfig, find_wrapper, make_vector_env
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 
 __all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
@@ -183,7 +185,10 @@ class OnPolicyDataModule(L.LightningDataModule):
                                               self.collector_cfg["group_size"], int(max_steps), param_dim,
                                               self.seed)
         else:
-            self.collector = SegmentCollector(envs, self.collector_cfg["num_steps"], param_dim, self.seed)
+            # a resumed run restarts its episodes from other start states than the original start did
+            reset_seed = self.seed if self.total_env_steps == 0 else self.seed + 1 + self.total_env_steps
+            self.collector = SegmentCollector(envs, self.collector_cfg["num_steps"], param_dim, reset_seed)
+        self._apply_pending_state()
 
     def teardown(self, stage: str | None = None) -> None:
         if self.envs is not None:
@@ -227,11 +232,65 @@ class OnPolicyDataModule(L.LightningDataModule):
         count = flat[0].shape[0]
         return Batch(*flat, torch.ones(count), torch.zeros(count, dtype=torch.long), 1), None
 
+    # -- evaluation ----------------------------------------------------------------------------------
+    def make_eval_envs(self, num_envs: int, **overrides):
+        """A separate vector env for evaluation whose observation normalisation is frozen at the training
+        statistics (copied now, not updated by evaluation). Reward normalisation is off: eval reports raw returns."""
+        cfg = EnvConfig(**{**self.env_cfg.__dict__, "normalize_reward": False, **overrides})
+        envs = make_vector_env(cfg, num_envs=num_envs)
+        self.sync_obs_normalization(envs)
+        return envs
+
+    def sync_obs_normalization(self, eval_envs) -> None:
+        """Copy the training env's observation statistics into ``eval_envs`` and freeze them there."""
+        target = find_wrapper(eval_envs, vw.NormalizeObservation)
+        if target is None:
+            return
+        source = find_wrapper(self.make_envs(), vw.NormalizeObservation)
+        target.obs_rms = copy.deepcopy(source.obs_rms)
+        target.update_running_mean = False
+
     # -- checkpointed state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"total_env_steps": self.total_env_steps, "generator": self.generator.get_state()}
+        """Counters, the shuffling RNG, the group-seed RNG and the normalisation statistics.
+
+        Environments themselves are not serialisable: a resumed run starts fresh episodes."""
+        state = {"total_env_steps": self.total_env_steps, "generator": self.generator.get_state()}
+        if isinstance(self.collector, EpisodeCollector):
+            state["group_rng"] = self.collector.rng.bit_generator.state
+        envs = self.envs
+        if envs is not None:
+            obs_norm = find_wrapper(envs, vw.NormalizeObservation)
+            if obs_norm is not None:
+                state["obs_rms"] = _rms_state(obs_norm.obs_rms)
+            reward_norm = find_wrapper(envs, vw.NormalizeReward)
+            if reward_norm is not None:
+                state["return_rms"] = _rms_state(reward_norm.return_rms)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.total_env_steps = state["total_env_steps"]
         self.generator.set_state(state["generator"])
+        self._pending_state = state  # applied in setup(), once the envs and the collector exist
 
+    def _apply_pending_state(self) -> None:
+        state = getattr(self, "_pending_state", None)
+        if state is None:
+            return
+        self._pending_state = None
+        if "group_rng" in state and isinstance(self.collector, EpisodeCollector):
+            self.collector.rng.bit_generator.state = state["group_rng"]
+        if "obs_rms" in state:
+            _load_rms(find_wrapper(self.envs, vw.NormalizeObservation).obs_rms, state["obs_rms"])
+        if "return_rms" in state:
+            _load_rms(find_wrapper(self.envs, vw.NormalizeReward).return_rms, state["return_rms"])
+
+
+def _rms_state(rms) -> dict:
+    return {"mean": torch.as_tensor(rms.mean), "var": torch.as_tensor(rms.var), "count": float(rms.count)}
+
+
+def _load_rms(rms, state: dict) -> None:
+    rms.mean = state["mean"].numpy().astype(rms.mean.dtype)
+    rms.var = state["var"].numpy().astype(rms.var.dtype)
+    rms.count = state["count"]

@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-__all__ = ["EnvConfig", "make_vector_env", "VECTORIZATIONS"]
+__all__ = ["EnvConfig", "make_vector_env", "find_wrapper", "require_video_support", "VECTORIZATIONS"]
 
 VECTORIZATIONS = ("auto", "native", "sync", "async")
 
@@ -40,6 +40,16 @@ class EnvConfig:
     clip_actions: bool = True
     max_episode_steps: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    record_video_dir: str | None = None  # eval only: record episodes with gymnasium's RecordVideo (needs moviepy)
+
+
+def require_video_support() -> None:
+    """Fail at start-up, naming the extra, when video is asked for without moviepy."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError as err:
+        raise ImportError("video recording needs moviepy: pip install 'pglab[video]' (or set eval.video=false)") \
+            from err
 
 
 def _resolve_mode(spec: gym.envs.registration.EnvSpec, vectorization: str) -> str:
@@ -71,7 +81,12 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    if cfg.record_video_dir is not None:
+        require_video_support()
+        kwargs["render_mode"] = "rgb_array"
     envs = gym.make_vec(cfg.id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+    if cfg.record_video_dir is not None:
+        envs = vw.RecordVideo(envs, cfg.record_video_dir, episode_trigger=lambda _: True, name_prefix="eval")
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
         raise ValueError(f"{cfg.id}'s vector env does not use next-step autoreset, which pglab's collector "
                          "relies on; use env.vectorization=sync")

@@ -38,13 +38,17 @@ def _check_unit_interval(name: str, value: float) -> None:
 def check_rollout(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, done: Tensor,
                   valid: Tensor) -> None:
     """Raise ValueError naming the first argument whose shape differs from ``rewards`` [T, N]."""
-    if rewards.dim() != 2:
-        raise ValueError(f"rewards must be time-major [T, N], got shape {tuple(rewards.shape)}")
+    if rewards.dim() != 2 or rewards.shape[0] == 0:
+        raise ValueError(f"rewards must be time-major [T, N] with T >= 1, got shape {tuple(rewards.shape)}")
     for name, tensor in (("values", values), ("next_values", next_values), ("terminated", terminated),
                          ("done", done), ("valid", valid)):
         if tensor.shape != rewards.shape:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)} but rewards has {tuple(rewards.shape)}; "
                              "all rollout tensors must be [T, N]")
+    for name, tensor in (("terminated", terminated), ("done", done), ("valid", valid)):
+        if tensor.dtype != torch.bool:
+            # ~ on an integer mask is a bitwise NOT (1 → 254): refuse rather than compute nonsense
+            raise ValueError(f"{name} must be a torch.bool tensor, got {tensor.dtype}")
 
 
 def _bootstrap(next_values: Tensor, terminated: Tensor) -> Tensor:

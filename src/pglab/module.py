@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from collections import defaultdict
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,6 +57,7 @@ class PolicyGradientModule(L.LightningModule):
         self._stop_epoch = False
         self._start_time: float | None = None
         self._start_steps = 0
+        self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints (evaluate, resume)
 
     # -- the collection interface (called by the DataModule) ----------------------------------------
     @torch.inference_mode()
@@ -68,6 +71,20 @@ class PolicyGradientModule(L.LightningModule):
     def record_rollout(self, stats: RolloutStats) -> None:
         self.last_rollout = stats
         self.env_steps += stats.env_steps
+
+    # -- checkpoints: everything a resumed run needs beyond the state_dict and the optimiser ---------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["pglab"] = {
+            "config": self.run_config,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("pglab", {}).get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):

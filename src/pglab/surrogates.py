@@ -128,6 +128,8 @@ class Surrogate(nn.Module):
         aggregation = aggregation or self.default_aggregation
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if constant_length is not None and constant_length <= 0:
+            raise ValueError(f"constant_length must be > 0, got {constant_length}")
         self.aggregation = aggregation
         self.constant_length = constant_length
         if aggregation in EPISODE_AGGREGATIONS:

@@ -14,13 +14,14 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pglab.baselines import BASELINES
-from pglab.callbacks import SolveTracker
+from pglab.callbacks import EvalCallback, SolveTracker
 from pglab.checks import ConfigError, check_combination, component_name
 from pglab.data import OnPolicyDataModule
-from pglab.envs import EnvConfig
+from pglab.envs import EnvConfig, require_video_support
 from pglab.loggers import finish_wandb, sync_hint
 from pglab.module import PolicyGradientModule
 from pglab.networks import ActorCritic, action_space_spec, obs_size
@@ -57,6 +58,11 @@ def build(cfg: DictConfig) -> Run:
     baseline = instantiate(cfg.baseline)
     surrogate = instantiate(cfg.surrogate)
     check_combination(cfg, estimator, baseline, surrogate)
+    if cfg.eval.enabled and cfg.eval.video:
+        try:
+            require_video_support()
+        except ImportError as err:
+            raise ConfigError(str(err)) from err
 
     datamodule = OnPolicyDataModule(
         env=EnvConfig(**OmegaConf.to_container(cfg.env, resolve=True)),
@@ -75,15 +81,28 @@ def build(cfg: DictConfig) -> Run:
         policy, surrogate, lr=u.lr, adam_eps=u.adam_eps, anneal_lr=u.anneal_lr, total_env_steps=cfg.total_env_steps,
         vf_coef=u.vf_coef, ent_coef=u.ent_coef, value_clip=u.value_clip, normalize_advantages=u.normalize_advantages,
         target_kl=u.target_kl, reference_refresh_every=u.reference_refresh_every)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     loggers = []
-    resolved_config = OmegaConf.to_container(cfg, resolve=True)
+    resolved_config = module.run_config
     for logger_cfg in (cfg.get("logger") or {}).values():
         logger = instantiate(logger_cfg)
         logger.log_hyperparams(resolved_config)
         loggers.append(logger)
-    callbacks = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20)]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20)]
+    out = Path(cfg.paths.output_dir)
+    if cfg.eval.enabled:
+        video_dir = str(out / "videos") if cfg.eval.video else None
+        callbacks.append(EvalCallback(every_n_epochs=cfg.eval.every_n_epochs, episodes=cfg.eval.episodes,
+                                      num_envs=cfg.eval.num_envs, seed=cfg.seed + 1_000_000, video_dir=video_dir))
+    if cfg.checkpoint.enabled:
+        # best by eval return when evaluating, plus always the last; also on Ctrl-C / SIGTERM / crash
+        callbacks.append(ModelCheckpoint(
+            dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean" if cfg.eval.enabled
+            else None, mode="max", save_top_k=1 if cfg.eval.enabled else 0, save_last=True,
+            every_n_epochs=cfg.checkpoint.every_n_epochs, save_on_exception=True))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                          enable_checkpointing=bool(cfg.checkpoint.enabled))
     return Run(trainer, module, datamodule, cfg)
 
 
@@ -91,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train one configuration; returns the final logged metrics (floats)."""
     try:
         r = build(cfg)
-        r.trainer.fit(r.module, datamodule=r.datamodule)
+        r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path)
         metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
         out = Path(cfg.paths.output_dir)
         steps = int(r.module.env_steps)

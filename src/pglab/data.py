@@ -199,6 +199,10 @@ class OnPolicyDataModule(L.LightningDataModule):
     # -- one rollout per epoch -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module
+        if self.trainer.fit_loop.done:
+            # Lightning builds the loader once at fit start even when a resumed run has nothing left to do:
+            # collecting then would step the envs and move the counters for nothing
+            return DataLoader([], batch_size=None)
         with torch.inference_mode():
             rollout = self.collector.collect(module.act, module.value)
             targets, advantages = compute_advantages(rollout, self.estimator, self.baseline, self.baseline_name)
@@ -271,7 +275,9 @@ class OnPolicyDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.total_env_steps = state["total_env_steps"]
         self.generator.set_state(state["generator"])
-        self._pending_state = state  # applied in setup(), once the envs and the collector exist
+        self._pending_state = state  # applied once the envs and the collector exist
+        if self.collector is not None:
+            self._apply_pending_state()
 
     def _apply_pending_state(self) -> None:
         state = getattr(self, "_pending_state", None)

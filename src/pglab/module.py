@@ -74,17 +74,24 @@ class PolicyGradientModule(L.LightningModule):
 
     # -- checkpoints: everything a resumed run needs beyond the state_dict and the optimiser ---------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # RNG states as tensors and plain values so the checkpoint stays loadable with weights_only=True
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss = random.getstate()
         checkpoint["pglab"] = {
             "config": self.run_config,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(),
+                    "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+                    "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("pglab", {}).get("rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            version, internal, gauss = rng["python"]
+            random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):

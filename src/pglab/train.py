@@ -111,6 +111,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         r = build(cfg)
         r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path)
+        if cfg.checkpoint.enabled and not r.trainer.interrupted:
+            # the periodic checkpoints may predate the last epoch: last.ckpt is always the final state
+            r.trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
         metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
         out = Path(cfg.paths.output_dir)
         steps = int(r.module.env_steps)

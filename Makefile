@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel by default; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,plot
+EXTRAS ?= dev,plot,launchers
 ARGS ?=
 
 .PHONY: help install train test lint bench clean
@@ -18,6 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	echo "$(EXTRAS)" > $(BIN)/.extras
 	touch $@
 
 install: $(BIN)/.installed  ## create .venv with torch (CPU wheel unless TORCH_SPEC/TORCH_INDEX say otherwise) and pglab

@@ -36,7 +36,7 @@ def run_child(argv: list[str], timeout: float) -> dict:
     """Run ``python argv`` in a fresh interpreter (in a scratch directory, so Hydra/Lightning write nothing
     into the repo); returns its BENCH_RESULT plus ``launch_time`` (time.time() just before the launch),
     ``peak_rss_mb`` (the child's own ru_maxrss, from wait4) and ``process_s``."""
-    cwd = tempfile.mkdtemp(prefix="pglab-bench-")
+    cwd = tempfile.mkdtemp(prefix="pglab-speedjob-")
     env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true")
     try:
         with tempfile.TemporaryFile("w+") as log:
@@ -274,7 +274,7 @@ def how_it_ran(res: dict) -> list[str]:
     if s:
         out.append(f"time to solve (seeds {s['seeds']}, cap {s['cap']:,} env steps = both configs' tuned budget, "
                    "so the lr schedules are the tuned ones; the running mean is checked once per 256-step rollout "
-                   "in both): pglab `{' '.join(PGLAB_PPO)}` with SolveTracker(threshold=475, stop_when_solved=True); "
+                   f"in both): pglab `{' '.join(PGLAB_PPO)}` with SolveTracker(threshold=475, stop_when_solved=True); "
                    f"SB3 PPO with rl-zoo3's CartPole-v1 hyperparameters `{_kw(SB3_ZOO)}` (lin_x = x · "
                    "progress_remaining) and a callback on Monitor's episode returns. Wall-clock counts from the "
                    "subprocess launch: interpreter start-up and imports included.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 from omegaconf import DictConfig
 
 from pglab import baselines as B
@@ -67,6 +68,7 @@ def check_combination(cfg: DictConfig, estimator, baseline, surrogate: Surrogate
     if est == "reward_to_go" and not episodic and not has_value:
         problems.append("estimator=reward_to_go on segments must bootstrap the cut at the segment end from V(s), "
                         "but model.value_head=false: set model.value_head=true or collector.kind=episodes")
+    problems += _numeric_problems(cfg, estimator, baseline)
     if cfg.learner.epochs < 1 or cfg.learner.num_minibatches < 1:
         problems.append(f"learner.epochs and learner.num_minibatches must be >= 1, got {cfg.learner.epochs} and "
                         f"{cfg.learner.num_minibatches}")
@@ -74,3 +76,34 @@ def check_combination(cfg: DictConfig, estimator, baseline, surrogate: Surrogate
         problems.append(f"total_env_steps must be >= 1, got {cfg.total_env_steps}")
     if problems:
         raise ConfigError("this configuration cannot run:\n  - " + "\n  - ".join(problems))
+
+
+def _numeric_problems(cfg: DictConfig, estimator, baseline) -> list[str]:
+    """Out-of-range numbers, found before any env step instead of in the first update."""
+    problems = []
+    learner = cfg.learner
+    if not learner.lr > 0:
+        problems.append(f"learner.lr must be > 0, got {learner.lr}")
+    for key in ("vf_coef", "ent_coef", "adam_eps"):
+        if learner[key] < 0:
+            problems.append(f"learner.{key} must be >= 0, got {learner[key]}")
+    if learner.target_kl is not None and learner.target_kl <= 0:
+        problems.append(f"learner.target_kl must be > 0 or null, got {learner.target_kl}")
+    if learner.value_clip is not None and learner.value_clip < 0:
+        problems.append(f"learner.value_clip must be >= 0 or null, got {learner.value_clip}")
+    # the estimator and baseline check their own arguments (γ, λ, k, eps): run them once on a dummy rollout
+    zeros = torch.zeros(2, 2)
+    flags = torch.zeros(2, 2, dtype=torch.bool)
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    try:
+        targets = estimator(zeros, zeros, zeros, flags, flags, valid)
+        name = component_name(baseline, B.BASELINES)
+        if name == "value":
+            baseline(targets, valid, zeros)
+        elif name == "group":
+            baseline(targets, valid, targets[0], torch.zeros(2, dtype=torch.long))
+        else:
+            baseline(targets, valid)
+    except (ValueError, TypeError) as err:
+        problems.append(f"{err} (check gamma, lam, nstep_k and the baseline's settings)")
+    return problems

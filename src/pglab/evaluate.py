@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 import torch
 from gymnasium.wrappers import vector as vw
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pglab.callbacks import run_episodes
 from pglab.envs import EnvConfig, find_wrapper, make_vector_env, require_video_support
@@ -160,10 +160,17 @@ def format_results(results: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        print("pglab.evaluate: which checkpoint? python -m pglab.evaluate ckpt_path=outputs/<algo>/<time>/checkpoints/"
+              "last.ckpt", file=sys.stderr)
+        sys.exit(2)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else default_output_dir(cfg.ckpt_path)
     try:
         if cfg.video:
-            require_video_support()
+            try:
+                require_video_support()
+            except ImportError as err:  # the message names the training switch; here it is video=false
+                raise ImportError(str(err).replace("eval.video=false", "video=false")) from err
         if not Path(cfg.ckpt_path).is_file():
             raise CheckpointError(f"checkpoint not found: {cfg.ckpt_path}")
         results = evaluate(cfg.ckpt_path, episodes=int(cfg.episodes), num_envs=int(cfg.num_envs),

@@ -167,6 +167,6 @@ class PolicyGradientModule(L.LightningModule):
         if elapsed > 0:
             metrics["perf/sps"] = (int(self.env_steps) - self._start_steps) / elapsed
         metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-        show = {"rollout/episode_return", "env_steps"}
+        show = {"rollout/episode_return", "env_steps", "perf/sps"}
         self.log_dict({k: v for k, v in metrics.items() if k in show}, prog_bar=True, on_epoch=True)
         self.log_dict({k: v for k, v in metrics.items() if k not in show}, on_epoch=True)

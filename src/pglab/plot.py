@@ -353,7 +353,9 @@ def plot_curves(groups: Sequence[Group], out: Path, metric: str, x_key: str, tit
             (line,) = ax.plot(g.grid, g.curve, lw=2, label=label)
             ax.fill_between(g.grid, g.low, g.high, color=line.get_color(), alpha=0.2, lw=0)
     handles, _ = ax.get_legend_handles_labels()
-    handles.append(Patch(facecolor="0.5", alpha=0.3, label="shaded: 95% CI of the IQM (bootstrap over seeds)"))
+    kind = "shaded" if all(g.grid.size > 1 for g in groups) else \
+        "error bars" if all(g.grid.size == 1 for g in groups) else "shaded / error bars"
+    handles.append(Patch(facecolor="0.5", alpha=0.3, label=f"{kind}: 95% CI of the IQM (bootstrap over seeds)"))
     ax.legend(handles=handles, loc="best", fontsize=9, framealpha=0.9)
     envs = sorted({_fmt(r.lookup("env.id")) for g in groups for r in g.runs} - {"n/a"})
     if title is None:

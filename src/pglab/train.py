@@ -13,8 +13,10 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from pglab.baselines import BASELINES
@@ -22,6 +24,7 @@ from pglab.callbacks import EvalCallback, SolveTracker
 from pglab.checks import ConfigError, check_combination, component_name
 from pglab.data import OnPolicyDataModule
 from pglab.envs import EnvConfig, require_video_support
+from pglab.hydra_callbacks import mark_failed
 from pglab.loggers import finish_wandb, sync_hint
 from pglab.module import PolicyGradientModule
 from pglab.networks import ActorCritic, action_space_spec, obs_size
@@ -88,6 +91,10 @@ def build(cfg: DictConfig) -> Run:
     for logger_cfg in (cfg.get("logger") or {}).values():
         logger = instantiate(logger_cfg)
         logger.log_hyperparams(resolved_config)
+        if type(logger).__name__ == "WandbLogger":
+            # plot every metric against env steps, not optimizer steps
+            logger.experiment.define_metric("env_steps")
+            logger.experiment.define_metric("*", step_metric="env_steps")
         loggers.append(logger)
     callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20)]
     out = Path(cfg.paths.output_dir)
@@ -101,8 +108,12 @@ def build(cfg: DictConfig) -> Run:
             dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean" if cfg.eval.enabled
             else None, mode="max", save_top_k=1 if cfg.eval.enabled else 0, save_last=True,
             every_n_epochs=cfg.checkpoint.every_n_epochs, save_on_exception=True))
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
+    if progress:
+        callbacks.append(RichProgressBar())
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                          enable_checkpointing=bool(cfg.checkpoint.enabled))
+                          enable_checkpointing=bool(cfg.checkpoint.enabled), enable_progress_bar=progress)
     return Run(trainer, module, datamodule, cfg)
 
 
@@ -133,8 +144,12 @@ def main(cfg: DictConfig) -> float | None:
         metrics = run(cfg)
     except ConfigError as err:
         print(f"pglab: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            mark_failed(cfg.paths.output_dir, f"ConfigError: {err}")  # the other jobs go on
+            return None
         sys.exit(2)
-    return metrics.get("rollout/episode_return")  # for sweepers (Optuna maximises it)
+    # the objective for sweepers (Optuna maximises it): the running mean of the last 20 episodes
+    return metrics.get("rollout/return_mean20", metrics.get("rollout/episode_return"))
 
 
 if __name__ == "__main__":

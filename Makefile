@@ -18,7 +18,6 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
-	echo "$(EXTRAS)" > $(BIN)/.extras
 	touch $@
 
 install: $(BIN)/.installed  ## create .venv with torch (CPU wheel unless TORCH_SPEC/TORCH_INDEX say otherwise) and pglab

@@ -77,7 +77,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 def test_submitit_local_executor(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = _multirun(tmp_path, "seed=0,1", "logger=csv", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
+    proc = _multirun(tmp_path, "seed=0,1", "logger=csv", "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(job / "csv" / "metrics.csv").exists() for job in _job_dirs(tmp_path)] == [True, True]
 

@@ -5,32 +5,11 @@ from __future__ import annotations
 from collections import deque
 
 import lightning as L
-import numpy as np
 import torch
 
-__all__ = ["SolveTracker", "EvalCallback", "run_episodes"]
+from pglab.envs import run_episodes
 
-
-def run_episodes(envs, act, num_episodes: int, seed: int, max_steps: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``envs`` (a vector env with episode statistics) until ``num_episodes`` episodes have finished.
-
-    ``act(obs [N, D]) -> actions [N]`` is called once per vector step. Returns (returns, lengths) of the first
-    ``num_episodes`` episodes to finish, raw (before any reward normalisation).
-    """
-    obs, _ = envs.reset(seed=seed)
-    returns: list[float] = []
-    lengths: list[int] = []
-    for _ in range(max_steps):
-        actions = act(torch.as_tensor(obs, dtype=torch.float32))
-        obs, _, terminated, truncated, info = envs.step(actions.cpu().numpy())
-        done = terminated | truncated
-        if done.any() and "episode" in info:
-            mask = info.get("_episode", done)
-            returns.extend(np.asarray(info["episode"]["r"])[mask].tolist())
-            lengths.extend(np.asarray(info["episode"]["l"])[mask].tolist())
-            if len(returns) >= num_episodes:
-                break
-    return np.asarray(returns[:num_episodes], dtype=np.float64), np.asarray(lengths[:num_episodes], dtype=np.int64)
+__all__ = ["SolveTracker", "EvalCallback"]
 
 
 class EvalCallback(L.Callback):

@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-__all__ = ["EnvConfig", "make_vector_env", "find_wrapper", "require_video_support", "VECTORIZATIONS"]
+__all__ = ["EnvConfig", "make_vector_env", "find_wrapper", "require_video_support", "run_episodes", "VECTORIZATIONS"]
 
 VECTORIZATIONS = ("auto", "native", "sync", "async")
 
@@ -113,3 +113,35 @@ def find_wrapper(envs: gym.vector.VectorEnv, wrapper_type: type) -> Any | None:
             return current
         current = getattr(current, "env", None)
     return None
+
+
+def run_episodes(envs: gym.vector.VectorEnv, act, num_episodes: int, seed: int,
+                 max_steps: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``envs`` (with episode statistics) until ``num_episodes`` episodes are done; (returns, lengths) raw.
+
+    ``act(obs [N, D] tensor) -> actions [N]`` is called once per vector step. Each env contributes an equal
+    quota of its *first* episodes (⌈num_episodes / N⌉), so short episodes are not over-represented the way
+    "the first K episodes to finish anywhere" would over-represent them.
+    """
+    import torch
+
+    n = envs.num_envs
+    quota = -(-num_episodes // n)
+    returns: list[list[float]] = [[] for _ in range(n)]
+    lengths: list[list[int]] = [[] for _ in range(n)]
+    obs, _ = envs.reset(seed=seed)
+    for _ in range(max_steps):
+        actions = act(torch.as_tensor(obs, dtype=torch.float32))
+        obs, _, terminated, truncated, info = envs.step(actions.cpu().numpy())
+        done = terminated | truncated
+        if done.any() and "episode" in info:
+            finished = info.get("_episode", done)
+            for i in np.flatnonzero(finished):
+                if len(returns[i]) < quota:
+                    returns[i].append(float(info["episode"]["r"][i]))
+                    lengths[i].append(int(info["episode"]["l"][i]))
+            if all(len(r) >= quota for r in returns):
+                break
+    flat_returns = [r for env_returns in returns for r in env_returns][:num_episodes]
+    flat_lengths = [length for env_lengths in lengths for length in env_lengths][:num_episodes]
+    return np.asarray(flat_returns, dtype=np.float64), np.asarray(flat_lengths, dtype=np.int64)

@@ -23,8 +23,7 @@ import torch
 from gymnasium.wrappers import vector as vw
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.callbacks import run_episodes
-from pglab.envs import EnvConfig, find_wrapper, make_vector_env, require_video_support
+from pglab.envs import EnvConfig, find_wrapper, make_vector_env, require_video_support, run_episodes
 from pglab.networks import ActorCritic, action_space_spec, obs_size
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")

@@ -58,32 +58,42 @@ class Rollout:
 
 
 class _Buffers:
-    """Preallocated [capacity, N] tensors reused across collections."""
+    """Preallocated [capacity, N] storage reused across collections.
+
+    What the policy returns is written into torch tensors; what the env returns (observations, rewards, flags)
+    into numpy arrays, converted once per rollout instead of once per step."""
 
     def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
                  action_dtype: torch.dtype, param_dim: int) -> None:
         T, N = capacity, num_envs
-        self.obs = torch.zeros((T, N, *obs_shape))
+        self.obs = np.zeros((T, N, *obs_shape), dtype=np.float32)
         self.actions = torch.zeros((T, N, *action_shape), dtype=action_dtype)
         self.logp = torch.zeros(T, N)
         self.values = torch.zeros(T + 1, N)
-        self.rewards = torch.zeros(T, N)
-        self.terminated = torch.zeros(T, N, dtype=torch.bool)
-        self.done = torch.zeros(T, N, dtype=torch.bool)
-        self.valid = torch.zeros(T, N, dtype=torch.bool)
         self.dist_params = torch.zeros(T, N, param_dim)
+        self.rewards = np.zeros((T, N), dtype=np.float32)
+        self.terminated = np.zeros((T, N), dtype=bool)
+        self.done = np.zeros((T, N), dtype=bool)
+        self.valid = np.zeros((T, N), dtype=bool)
 
     def view(self, length: int, episode_returns: list, episode_lengths: list) -> Rollout:
-        """A Rollout of the first ``length`` rows (clones, so the buffers can be refilled)."""
+        """A Rollout of the first ``length`` rows (copies, so the buffers can be refilled)."""
         sl = slice(0, length)
         return Rollout(
-            obs=self.obs[sl].clone(), actions=self.actions[sl].clone(), logp=self.logp[sl].clone(),
+            obs=torch.from_numpy(self.obs[sl].copy()), actions=self.actions[sl].clone(), logp=self.logp[sl].clone(),
             values=self.values[sl].clone(), next_values=self.values[1 : length + 1].clone(),
-            rewards=self.rewards[sl].clone(), terminated=self.terminated[sl].clone(), done=self.done[sl].clone(),
-            valid=self.valid[sl].clone(), dist_params=self.dist_params[sl].clone(),
+            rewards=torch.from_numpy(self.rewards[sl].copy()),
+            terminated=torch.from_numpy(self.terminated[sl].copy()), done=torch.from_numpy(self.done[sl].copy()),
+            valid=torch.from_numpy(self.valid[sl].copy()), dist_params=self.dist_params[sl].clone(),
             episode_returns=np.concatenate(episode_returns) if episode_returns else np.zeros(0),
             episode_lengths=np.concatenate(episode_lengths) if episode_lengths else np.zeros(0, dtype=np.int64),
         )
+
+    def write_policy(self, t: int, out: ActOutput) -> None:
+        self.actions[t] = out.actions
+        self.logp[t] = out.logp
+        self.values[t] = out.values
+        self.dist_params[t] = out.dist_params
 
 
 def _spaces(envs: gym.vector.VectorEnv) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
@@ -104,10 +114,6 @@ def _finished_episodes(info: dict, returns: list, lengths: list) -> None:
     lengths.append(np.asarray(episode["l"])[mask].astype(np.int64))
 
 
-def _to_obs(obs: np.ndarray) -> Tensor:
-    return torch.as_tensor(obs, dtype=torch.float32)
-
-
 class SegmentCollector:
     """T steps × N envs per collection; episodes continue across collections (PPO/A2C style)."""
 
@@ -123,29 +129,24 @@ class SegmentCollector:
     def collect(self, policy: Policy, value_fn: ValueFn) -> Rollout:
         if self.obs is None:
             obs, _ = self.envs.reset(seed=self.seed)
-            self.obs = _to_obs(obs)
+            self.obs = np.asarray(obs, dtype=np.float32)
         b = self.buffers
         returns: list = []
         lengths: list = []
         obs, prev_done = self.obs, self.prev_done
         for t in range(self.num_steps):
-            out = policy(obs)
             b.obs[t] = obs
-            b.actions[t] = out.actions
-            b.logp[t] = out.logp
-            b.values[t] = out.values
-            b.dist_params[t] = out.dist_params
-            next_obs, reward, terminated, truncated, info = self.envs.step(out.actions.numpy())
+            out = policy(torch.from_numpy(b.obs[t]))
+            b.write_policy(t, out)
+            obs, b.rewards[t], terminated, truncated, info = self.envs.step(out.actions.numpy())
             done = terminated | truncated
-            b.rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-            b.terminated[t] = torch.from_numpy(terminated)
-            b.done[t] = torch.from_numpy(done)
-            b.valid[t] = torch.from_numpy(~prev_done)  # the step after a done is an autoreset row
+            b.terminated[t], b.done[t] = terminated, done
+            b.valid[t] = ~prev_done  # the step after a done is an autoreset row
             if done.any():
                 _finished_episodes(info, returns, lengths)
-            obs, prev_done = _to_obs(next_obs), done
-        b.values[self.num_steps] = value_fn(obs)
-        self.obs, self.prev_done = obs, prev_done
+            prev_done = done
+        self.obs, self.prev_done = np.asarray(obs, dtype=np.float32), prev_done
+        b.values[self.num_steps] = value_fn(torch.from_numpy(self.obs))
         return b.view(self.num_steps, returns, lengths)
 
 
@@ -175,26 +176,20 @@ class EpisodeCollector:
     def collect(self, policy: Policy, value_fn: ValueFn) -> Rollout:
         group_seeds = self.rng.integers(0, 2**31 - 1, size=self.num_groups)
         obs, _ = self.envs.reset(seed=[int(s) for s in np.repeat(group_seeds, self.group_size)])
-        obs = _to_obs(obs)
         b = self.buffers
         returns: list = []
         lengths: list = []
         finished = np.zeros(self.envs.num_envs, dtype=bool)
         length = self.max_steps
         for t in range(self.max_steps):
-            out = policy(obs)
             b.obs[t] = obs
-            b.actions[t] = out.actions
-            b.logp[t] = out.logp
-            b.values[t] = out.values
-            b.dist_params[t] = out.dist_params
-            next_obs, reward, terminated, truncated, info = self.envs.step(out.actions.numpy())
+            out = policy(torch.from_numpy(b.obs[t]))
+            b.write_policy(t, out)
+            obs, reward, terminated, truncated, info = self.envs.step(out.actions.numpy())
             live = ~finished
             done = (terminated | truncated) & live
-            b.rewards[t] = torch.from_numpy(np.where(live, reward, 0.0).astype(np.float32))
-            b.terminated[t] = torch.from_numpy(terminated & live)
-            b.done[t] = torch.from_numpy(done)
-            b.valid[t] = torch.from_numpy(live)
+            b.rewards[t] = np.where(live, reward, 0.0)
+            b.terminated[t], b.done[t], b.valid[t] = terminated & live, done, live
             if done.any():
                 # only the first episode of each env counts; later ones are autoreset continuations
                 episode = info.get("episode")
@@ -202,13 +197,12 @@ class EpisodeCollector:
                     returns.append(np.asarray(episode["r"])[done].astype(np.float64))
                     lengths.append(np.asarray(episode["l"])[done].astype(np.int64))
             finished |= done
-            obs = _to_obs(next_obs)
             if finished.all():
                 length = t + 1
                 break
         # V(obs after the last row): the final observation of the env that ended last (its truncation
         # bootstrap) and, for an episode cut at max_steps, V(s_T).
-        b.values[length] = value_fn(obs)
+        b.values[length] = value_fn(torch.as_tensor(obs, dtype=torch.float32))
         rollout = b.view(length, returns, lengths)
         rollout.group_ids = self.group_ids.clone()
         return rollout

@@ -1,0 +1,49 @@
+"""The evaluation callback: deterministic episodes on a separate env with frozen normalisation statistics."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from gymnasium.wrappers import vector as vw
+
+from pglab.callbacks import EvalCallback
+from pglab.checks import ConfigError
+from pglab.envs import find_wrapper
+from pglab.train import build
+
+
+def test_eval_logs_returns_and_uses_frozen_training_statistics(make_cfg):
+    cfg = make_cfg("algo=ppo", "env.num_envs=2", "collector.num_steps=32", "total_env_steps=256",
+                   "env.normalize_obs=true", "eval.every_n_epochs=2", "eval.episodes=4", "eval.num_envs=2")
+    r = build(cfg)
+    callback = next(c for c in r.trainer.callbacks if isinstance(c, EvalCallback))
+    seen = []
+    original = callback._evaluate
+
+    def spy(trainer, module):
+        original(trainer, module)
+        train_rms = find_wrapper(trainer.datamodule.envs, vw.NormalizeObservation).obs_rms
+        eval_wrapper = find_wrapper(callback.envs, vw.NormalizeObservation)
+        seen.append((train_rms.mean.copy(), eval_wrapper.obs_rms.mean.copy(), eval_wrapper.update_running_mean))
+
+    callback._evaluate = spy
+    r.trainer.fit(r.module, datamodule=r.datamodule)
+    metrics = r.trainer.callback_metrics
+    for key in ("eval/return_mean", "eval/return_std", "eval/length_mean"):
+        assert key in metrics
+    # CartPole gives reward 1 per step: the mean return is the mean length
+    assert float(metrics["eval/return_mean"]) == pytest.approx(float(metrics["eval/length_mean"]))
+    assert seen, "evaluation never ran"
+    for train_mean, eval_mean, updating in seen:
+        # evaluation ran with the statistics training had then, and did not move them
+        np.testing.assert_array_equal(train_mean, eval_mean)
+        assert updating is False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("moviepy") is not None, reason="moviepy is installed")
+def test_video_without_the_extra_is_refused_at_start_up(make_cfg):
+    cfg = make_cfg("eval.video=true")
+    with pytest.raises(ConfigError, match=r"pip install 'pglab\[video\]'"):
+        build(cfg)

@@ -43,13 +43,23 @@ class EnvConfig:
     record_video_dir: str | None = None  # eval only: record episodes with gymnasium's RecordVideo (needs moviepy)
 
 
-def require_video_support() -> None:
-    """Fail at start-up, naming the extra, when video is asked for without moviepy."""
+def require_video_support(env_id: str | None = None) -> None:
+    """Fail at start-up, naming the extra, when video is asked for without moviepy or the env's renderer."""
     try:
         import moviepy  # noqa: F401
     except ImportError as err:
         raise ImportError("video recording needs moviepy: pip install 'pglab[video]' (or set eval.video=false)") \
             from err
+    if env_id is not None:
+        # rendering needs the env's own optional dependency (pygame for classic control, mujoco, ...)
+        try:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env.reset(seed=0)
+            env.render()
+            env.close()
+        except gym.error.DependencyNotInstalled as err:
+            raise ImportError(f"rendering {env_id} for video needs an optional dependency: {err} "
+                              "(pip install 'pglab[video]' covers classic control; or set eval.video=false)") from err
 
 
 def _resolve_mode(spec: gym.envs.registration.EnvSpec, vectorization: str) -> str:
@@ -82,7 +92,6 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
     if cfg.record_video_dir is not None:
-        require_video_support()
         kwargs["render_mode"] = "rgb_array"
     envs = gym.make_vec(cfg.id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
     if cfg.record_video_dir is not None:

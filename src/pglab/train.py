@@ -63,7 +63,7 @@ def build(cfg: DictConfig) -> Run:
     check_combination(cfg, estimator, baseline, surrogate)
     if cfg.eval.enabled and cfg.eval.video:
         try:
-            require_video_support()
+            require_video_support(cfg.env.id)
         except ImportError as err:
             raise ConfigError(str(err)) from err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 
 import numpy as np
@@ -11,6 +12,7 @@ from gymnasium.wrappers import vector as vw
 from pglab.callbacks import EvalCallback
 from pglab.checks import ConfigError
 from pglab.envs import find_wrapper
+from pglab.loggers import finish_wandb
 from pglab.train import build
 
 
@@ -42,8 +44,30 @@ def test_eval_logs_returns_and_uses_frozen_training_statistics(make_cfg):
         assert updating is False
 
 
-@pytest.mark.skipif(importlib.util.find_spec("moviepy") is not None, reason="moviepy is installed")
-def test_video_without_the_extra_is_refused_at_start_up(make_cfg):
+def test_video_without_the_extra_is_refused_at_start_up(make_cfg, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_moviepy(name, *args, **kwargs):
+        if name == "moviepy" or name.startswith("moviepy."):
+            raise ImportError("No module named 'moviepy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_moviepy)  # as on a machine without the extra
     cfg = make_cfg("eval.video=true")
     with pytest.raises(ConfigError, match=r"pip install 'pglab\[video\]'"):
         build(cfg)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("moviepy") is None, reason="video is an optional extra")
+def test_video_is_recorded_and_logged_to_wandb(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("logger=wandb", "env.num_envs=2", "collector.num_steps=32", "total_env_steps=128",
+                   "eval.video=true", "eval.episodes=2", "eval.num_envs=1", output_dir=tmp_path)
+    r = build(cfg)
+    try:
+        r.trainer.fit(r.module, datamodule=r.datamodule)
+    finally:
+        finish_wandb()
+    videos = list((tmp_path / "videos").glob("*.mp4"))
+    assert videos and all(v.stat().st_size > 1000 for v in videos)
+    assert list((tmp_path / "wandb").glob("offline-run-*/files/media/videos/eval/*.mp4"))

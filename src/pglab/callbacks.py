@@ -44,8 +44,8 @@ class EvalCallback(L.Callback):
                 self.episodes, seed=self.seed + self.evaluations)
         module.train(was_training)
         self.evaluations += 1
-        module.log_dict({"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
-                         "eval/length_mean": float(lengths.mean())}, on_epoch=True)
+        module.emit_metrics({"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
+                             "eval/length_mean": float(lengths.mean())})
         log_videos(trainer, self.video_dir, int(module.env_steps))
 
     def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
@@ -98,7 +98,7 @@ class SolveTracker(L.Callback):
         running = sum(self.returns) / len(self.returns)
         steps = int(module.env_steps)
         self.history.append((steps, running))
-        module.log(f"rollout/return_mean{self.window}", running, on_epoch=True)
+        module.emit_metrics({f"rollout/return_mean{self.window}": running})
         if self.threshold is not None and self.solved_at is None and running >= self.threshold:
             self.solved_at = steps
             if self.stop_when_solved:

@@ -82,6 +82,18 @@ def _numeric_problems(cfg: DictConfig, estimator, baseline) -> list[str]:
     """Out-of-range numbers, found before any env step instead of in the first update."""
     problems = []
     learner = cfg.learner
+    if cfg.trainer.get("gradient_clip_val") is not None:
+        problems.append("trainer.gradient_clip_val does not apply (pglab's updates use manual optimisation): set "
+                        "learner.max_grad_norm instead")
+    precision = str(cfg.trainer.get("precision") or "32-true")
+    devices = cfg.trainer.get("devices", 1)
+    if not learner.lightning_optimizer and (precision not in ("32", "32-true") or devices not in (1, "1")):
+        problems.append(f"trainer.precision={precision} / trainer.devices={devices} need Lightning's optimizer "
+                        "wrappers: set learner.lightning_optimizer=true")
+    if learner.max_grad_norm is not None and learner.max_grad_norm <= 0:
+        problems.append(f"learner.max_grad_norm must be > 0 or null, got {learner.max_grad_norm}")
+    if learner.minibatches_per_step is not None and learner.minibatches_per_step < 1:
+        problems.append(f"learner.minibatches_per_step must be >= 1 or null, got {learner.minibatches_per_step}")
     if not learner.lr > 0:
         problems.append(f"learner.lr must be > 0, got {learner.lr}")
     for key in ("vf_coef", "ent_coef", "adam_eps"):

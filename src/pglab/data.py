@@ -5,8 +5,8 @@ the weights left by epoch k−1. It turns the rollout into targets (estimator) a
 returns a DataLoader that makes ``update_epochs`` shuffled passes in minibatches: one Lightning epoch is one
 rollout iteration. Minibatches are gathered with one index tensor each (no per-sample collation).
 
-The DataModule meets the LightningModule through two calls only: ``module.act(obs)`` / ``module.value(obs)``
-to collect, and ``module.record_rollout(stats)`` to hand over what the rollout measured.
+The DataModule meets the LightningModule through two calls only: ``module.rollout_policy()`` gives the
+(act, value) functions to collect with, and ``module.record_rollout(stats)`` takes what the rollout measured.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def compute_advantages(rollout: Rollout, estimator: Callable, baseline: Callable
 
 
 class _MinibatchDataset(Dataset):
-    """Indexable by a whole index tensor: ``ds[idx]`` returns one Batch of those rows/episodes."""
+    """Indexable by a list of index tensors: ``ds[[idx, ...]]`` returns one Batch per index tensor (rows, or
+    whole episodes in the episode layout), each gathered with a single index operation."""
 
     def __init__(self, batch: Batch, episode_length: int | None) -> None:
         self.batch = batch
@@ -92,7 +93,10 @@ class _MinibatchDataset(Dataset):
     def __len__(self) -> int:
         return self.batch.num_episodes if self.episode_length else self.batch.obs.shape[0]
 
-    def __getitem__(self, index: Tensor) -> Batch:
+    def __getitem__(self, indices: list[Tensor]) -> list[Batch]:
+        return [self.minibatch(index) for index in indices]
+
+    def minibatch(self, index: Tensor) -> Batch:
         b = self.batch
         if self.episode_length is None:
             rows = index
@@ -107,18 +111,29 @@ class _MinibatchDataset(Dataset):
 
 
 class MinibatchSampler(Sampler):
-    """``passes`` reshuffled passes over ``size`` items, yielding one index tensor per minibatch."""
+    """``passes`` reshuffled passes over ``size`` items in ``num_minibatches`` minibatches each (one index tensor
+    per minibatch), grouped ``per_step`` minibatches per Lightning step (None: all of them in one step)."""
 
-    def __init__(self, size: int, num_minibatches: int, passes: int, generator: torch.Generator) -> None:
+    def __init__(self, size: int, num_minibatches: int, passes: int, generator: torch.Generator,
+                 per_step: int | None = None) -> None:
         self.size, self.passes, self.generator = size, passes, generator
         self.num_minibatches = max(1, min(num_minibatches, size))
+        total = self.passes * self.num_minibatches
+        self.per_step = total if per_step is None else max(1, min(per_step, total))
 
     def __len__(self) -> int:
-        return self.passes * self.num_minibatches
+        return -(-self.passes * self.num_minibatches // self.per_step)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[list[Tensor]]:
+        chunk: list[Tensor] = []
         for _ in range(self.passes):
-            yield from torch.randperm(self.size, generator=self.generator).tensor_split(self.num_minibatches)
+            for index in torch.randperm(self.size, generator=self.generator).tensor_split(self.num_minibatches):
+                chunk.append(index)
+                if len(chunk) == self.per_step:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
 
 
 def _identity(batch: Batch) -> Batch:
@@ -135,18 +150,20 @@ class OnPolicyDataModule(L.LightningDataModule):
         estimator: callable (rewards, values, next_values, terminated, done, valid) → targets [T, N].
         baseline: callable from ``pglab.baselines``; ``baseline_name`` says which inputs it takes.
         update_epochs / num_minibatches: K shuffled passes in M minibatches per rollout.
+        minibatches_per_step: how many of those K·M minibatches one Lightning training step gets (None: all).
         whole_episodes: minibatches made of whole episodes (GSPO, episode-level aggregation).
         seed: drives env seeding, group start states and minibatch shuffling.
     """
 
     def __init__(self, env: EnvConfig, collector: dict, estimator: Callable, baseline: Callable,
                  baseline_name: str, update_epochs: int, num_minibatches: int, whole_episodes: bool,
-                 seed: int) -> None:
+                 seed: int, minibatches_per_step: int | None = None) -> None:
         super().__init__()
         self.env_cfg = env
         self.collector_cfg = dict(collector)
         self.estimator, self.baseline, self.baseline_name = estimator, baseline, baseline_name
         self.update_epochs, self.num_minibatches = update_epochs, num_minibatches
+        self.minibatches_per_step = minibatches_per_step
         self.whole_episodes = whole_episodes
         self.seed = seed
         self.envs = None
@@ -203,8 +220,9 @@ class OnPolicyDataModule(L.LightningDataModule):
             # Lightning builds the loader once at fit start even when a resumed run has nothing left to do:
             # collecting then would step the envs and move the counters for nothing
             return DataLoader([], batch_size=None)
+        act, value = module.rollout_policy()
         with torch.inference_mode():
-            rollout = self.collector.collect(module.act, module.value)
+            rollout = self.collector.collect(act, value)
             targets, advantages = compute_advantages(rollout, self.estimator, self.baseline, self.baseline_name)
         valid = rollout.valid
         self.total_env_steps += rollout.num_transitions
@@ -218,7 +236,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         ))
         batch, episode_length = self._flatten(rollout, targets, advantages)
         dataset = _MinibatchDataset(batch, episode_length)
-        sampler = MinibatchSampler(len(dataset), self.num_minibatches, self.update_epochs, self.generator)
+        sampler = MinibatchSampler(len(dataset), self.num_minibatches, self.update_epochs, self.generator,
+                                   self.minibatches_per_step)
         return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_identity)
 
     def _flatten(self, rollout: Rollout, targets: Tensor, advantages: Tensor) -> tuple[Batch, int | None]:

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -38,20 +39,26 @@ class PolicyGradientModule(L.LightningModule):
         target_kl: stop the remaining minibatches of the epoch once approx-KL exceeds it (None: never).
         reference_refresh_every: copy the policy into the frozen reference every M epochs (0: never after
             the start). Only used when the surrogate needs a reference (GRPO with β > 0).
+        max_grad_norm: clip the global gradient norm of every update (None: no clipping).
+        lightning_optimizer: route updates through Lightning's optimizer wrappers (needed for mixed precision
+            or multi-device strategies) instead of calling the torch optimizer directly.
     """
 
     def __init__(self, policy: ActorCritic, surrogate: Surrogate, lr: float = 2.5e-4, adam_eps: float = 1e-5,
                  anneal_lr: bool = True, total_env_steps: int = 100_000, vf_coef: float = 0.5,
                  ent_coef: float = 0.0, value_clip: float | None = None, normalize_advantages: bool = True,
-                 target_kl: float | None = None, reference_refresh_every: int = 0) -> None:
+                 target_kl: float | None = None, reference_refresh_every: int = 0,
+                 max_grad_norm: float | None = 0.5, lightning_optimizer: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "surrogate"])
+        self.automatic_optimization = False
         self.policy = policy
         self.surrogate = surrogate
         self.reference = None
         if surrogate.needs_reference:
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
+        self.updates = 0  # optimizer steps taken (trainer.global_step counts only Lightning-wrapped ones)
         self._epoch_stats: dict[str, list[Tensor]] = defaultdict(list)
         self.last_rollout: RolloutStats | None = None
         self._stop_epoch = False
@@ -68,6 +75,21 @@ class PolicyGradientModule(L.LightningModule):
     def value(self, obs: Tensor) -> Tensor:
         return self.policy.value(obs.to(self.device))
 
+    def rollout_policy(self) -> tuple[Callable[[Tensor], ActOutput], Callable[[Tensor], Tensor]]:
+        """(act, value) for one rollout: a fused snapshot of the current weights (see ActorCritic.fused_actor)."""
+        actor = self.policy.fused_actor()
+        device = self.device
+
+        @torch.inference_mode()
+        def act(obs: Tensor) -> ActOutput:
+            return actor.act(obs.to(device, non_blocking=True))
+
+        @torch.inference_mode()
+        def value(obs: Tensor) -> Tensor:
+            return actor.value(obs.to(device, non_blocking=True))
+
+        return act, value
+
     def record_rollout(self, stats: RolloutStats) -> None:
         self.last_rollout = stats
         self.env_steps += stats.env_steps
@@ -79,12 +101,14 @@ class PolicyGradientModule(L.LightningModule):
         version, internal, gauss = random.getstate()
         checkpoint["pglab"] = {
             "config": self.run_config,
+            "updates": self.updates,
             "rng": {"torch": torch.get_rng_state(),
                     "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
                     "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.updates = checkpoint.get("pglab", {}).get("updates", 0)
         rng = checkpoint.get("pglab", {}).get("rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])
@@ -111,10 +135,45 @@ class PolicyGradientModule(L.LightningModule):
                 and self.current_epoch > 0 and self.current_epoch % self.hparams.reference_refresh_every == 0:
             self.reference.load_state_dict(self.policy.state_dict())
 
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> int | None:
+    def on_train_batch_start(self, batch: list[Batch], batch_idx: int) -> int | None:
         return -1 if self._stop_epoch else None  # -1 ends the epoch: target-KL early stop
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, minibatches: list[Batch], batch_idx: int) -> None:
+        """One Lightning step = one or more optimizer steps, one per minibatch (``learner.minibatches_per_step``).
+
+        Manual optimisation: Lightning's per-step machinery costs ~0.6 ms here, as much as the update itself on
+        CartPole-sized minibatches, so by default one Lightning step holds a whole rollout's K·M updates.
+        """
+        optimizer = self.optimizers()
+        max_norm = self.hparams.max_grad_norm
+        for batch in minibatches:
+            if self._stop_epoch:
+                break
+            loss = self.minibatch_loss(batch)
+            if self.hparams.lightning_optimizer:
+                # through Lightning: precision plugins, strategy hooks, trainer.global_step
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                if max_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+            else:
+                # the torch optimizer directly: ~0.5 ms less per update (11% of a CartPole PPO run);
+                # start-up validation allows it only at 32-bit precision on a single device
+                torch_optimizer = optimizer.optimizer
+                torch_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm, foreach=True)
+                torch_optimizer.step()
+                # keep trainer.global_step counting updates: checkpointing and max_steps rely on it
+                step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+                step_progress.increment_ready()
+                step_progress.increment_completed()
+            self.updates += 1
+
+    def minibatch_loss(self, batch: Batch) -> Tensor:
+        """surrogate + c_v·value loss − c_e·entropy on one minibatch; records the diagnostics."""
         out = self.policy.evaluate(batch.obs, batch.actions)
         mask = batch.mask
         count = mask.sum().clamp_min(1.0)
@@ -143,7 +202,7 @@ class PolicyGradientModule(L.LightningModule):
         for key, value in stats.items():
             self._epoch_stats[key].append(value)
         if self.hparams.target_kl is not None and float(surrogate.stats["approx_kl"]) > self.hparams.target_kl:
-            self._stop_epoch = True
+            self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -179,7 +238,7 @@ class PolicyGradientModule(L.LightningModule):
         that was 14% of a CartPole run. These are plain per-epoch floats: nothing to reduce or sync.
         """
         for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.global_step)
+            logger.log_metrics(metrics, step=int(self.env_steps))  # env steps are the x-axis everywhere
         tensors = {k: torch.tensor(v) for k, v in metrics.items()}
         self.trainer.callback_metrics.update(tensors)
         self.trainer.progress_bar_metrics.update({k: v for k, v in metrics.items() if k in self._PROGRESS_BAR_KEYS})

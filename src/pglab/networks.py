@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActorCritic", "ActOutput", "EvalOutput", "CategoricalHead", "GaussianHead", "mlp"]
+__all__ = ["ActorCritic", "ActOutput", "EvalOutput", "CategoricalHead", "GaussianHead", "FusedActor", "mlp"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -188,6 +188,67 @@ class ActorCritic(nn.Module):
     def kl(self, params_old: Tensor, params_new: Tensor) -> Tensor:
         """Analytic KL(π_old ‖ π_new) per row. [B]"""
         return self.head.kl(params_old, params_new)
+
+    @torch.no_grad()
+    def fused_actor(self) -> FusedActor:
+        """A frozen snapshot of this network for collection: one matmul per layer for policy *and* value.
+
+        Weights do not change while a rollout is collected, so the two trunks and the two heads are fused once
+        (block-diagonal per layer) and every env step then costs L matmuls instead of 2L+2 module calls.
+        """
+        trunks = [self.policy_trunk] + ([self.value_trunk] if self.value_trunk is not None else [])
+        layers = []
+        linear_groups = [[m for m in trunk if isinstance(m, nn.Linear)] for trunk in trunks]
+        activation = next((m for m in self.policy_trunk if not isinstance(m, nn.Linear)), None)
+        for depth, group in enumerate(zip(*linear_groups, strict=True)):
+            weights = [layer.weight for layer in group]
+            # the first layer reads the same observation: stack; deeper layers read their own trunk: block-diag
+            weight = torch.cat(weights, 0) if depth == 0 else torch.block_diag(*weights)
+            layers.append((weight.t().contiguous(), torch.cat([layer.bias for layer in group])))
+        head = self.head.linear
+        out_weight, out_bias = head.weight, head.bias
+        if self.value_out is not None:
+            if self.value_trunk is None:  # shared trunk: both heads read the same features
+                out_weight = torch.cat([head.weight, self.value_out.weight], 0)
+            else:
+                out_weight = torch.block_diag(head.weight, self.value_out.weight)
+            out_bias = torch.cat([head.bias, self.value_out.bias])
+        layers.append((out_weight.t().contiguous(), out_bias.clone()))
+        return FusedActor(layers, activation, self.head, self.value_out is not None)
+
+
+class FusedActor:
+    """Inference-only policy+value function built by ``ActorCritic.fused_actor`` (see there)."""
+
+    def __init__(self, layers: list[tuple[Tensor, Tensor]], activation: nn.Module | None,
+                 head: CategoricalHead | GaussianHead, has_value: bool) -> None:
+        self.layers, self.activation, self.head, self.has_value = layers, activation, head, has_value
+        self.out_dim = head.param_dim if isinstance(head, CategoricalHead) else head.dim
+        if isinstance(head, GaussianHead):
+            self.log_std = head.log_std.detach().clone()
+
+    def _forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        x = obs
+        last = len(self.layers) - 1
+        for i, (weight_t, bias) in enumerate(self.layers):
+            x = torch.addmm(bias, x, weight_t)
+            if i < last and self.activation is not None:
+                x = self.activation(x)
+        head_out = x[:, : self.out_dim]
+        values = x[:, self.out_dim] if self.has_value else obs.new_zeros(obs.shape[0])
+        if isinstance(self.head, CategoricalHead):
+            params = torch.log_softmax(head_out, dim=-1)
+        else:
+            params = torch.cat([head_out, self.log_std.expand_as(head_out)], dim=-1)
+        return params, values
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> ActOutput:
+        params, values = self._forward(obs)
+        actions = self.head.mode(params) if deterministic else self.head.sample(params)
+        return ActOutput(actions, self.head.log_prob(params, actions), values, params)
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self._forward(obs)[1]
 
 
 def action_space_spec(space) -> tuple[str, int]:

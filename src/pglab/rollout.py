@@ -75,6 +75,10 @@ class _Buffers:
         self.terminated = np.zeros((T, N), dtype=bool)
         self.done = np.zeros((T, N), dtype=bool)
         self.valid = np.zeros((T, N), dtype=bool)
+        # row views made once: `rows[t].copy_(x)` costs ~1 µs where `tensor[t] = x` costs ~6 µs per call
+        self._policy_rows = list(zip(self.actions.unbind(0), self.logp.unbind(0), self.values[:T].unbind(0),
+                                     self.dist_params.unbind(0), strict=True))
+        self._obs_rows = [torch.from_numpy(row) for row in self.obs]  # zero-copy tensors over the numpy rows
 
     def view(self, length: int, episode_returns: list, episode_lengths: list) -> Rollout:
         """A Rollout of the first ``length`` rows (copies, so the buffers can be refilled)."""
@@ -90,10 +94,15 @@ class _Buffers:
         )
 
     def write_policy(self, t: int, out: ActOutput) -> None:
-        self.actions[t] = out.actions
-        self.logp[t] = out.logp
-        self.values[t] = out.values
-        self.dist_params[t] = out.dist_params
+        actions, logp, values, dist_params = self._policy_rows[t]
+        actions.copy_(out.actions)
+        logp.copy_(out.logp)
+        values.copy_(out.values)
+        dist_params.copy_(out.dist_params)
+
+    def obs_tensor(self, t: int) -> Tensor:
+        """Row t of the observation buffer as a tensor sharing its memory. [N, *obs_shape]"""
+        return self._obs_rows[t]
 
 
 def _spaces(envs: gym.vector.VectorEnv) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
@@ -136,7 +145,7 @@ class SegmentCollector:
         obs, prev_done = self.obs, self.prev_done
         for t in range(self.num_steps):
             b.obs[t] = obs
-            out = policy(torch.from_numpy(b.obs[t]))
+            out = policy(b.obs_tensor(t))
             b.write_policy(t, out)
             obs, b.rewards[t], terminated, truncated, info = self.envs.step(out.actions.numpy())
             done = terminated | truncated
@@ -183,7 +192,7 @@ class EpisodeCollector:
         length = self.max_steps
         for t in range(self.max_steps):
             b.obs[t] = obs
-            out = policy(torch.from_numpy(b.obs[t]))
+            out = policy(b.obs_tensor(t))
             b.write_policy(t, out)
             obs, reward, terminated, truncated, info = self.envs.step(out.actions.numpy())
             live = ~finished

@@ -72,7 +72,8 @@ def build(cfg: DictConfig) -> Run:
         collector=OmegaConf.to_container(cfg.collector, resolve=True),
         estimator=estimator, baseline=baseline, baseline_name=component_name(baseline, BASELINES),
         update_epochs=cfg.learner.epochs, num_minibatches=cfg.learner.num_minibatches,
-        whole_episodes=surrogate.needs_whole_episodes, seed=cfg.seed)
+        whole_episodes=surrogate.needs_whole_episodes, seed=cfg.seed,
+        minibatches_per_step=cfg.learner.minibatches_per_step)
     envs = datamodule.make_envs()
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     policy = ActorCritic(obs_size(envs.single_observation_space), action_space_spec(envs.single_action_space),
@@ -83,7 +84,8 @@ def build(cfg: DictConfig) -> Run:
     module = PolicyGradientModule(
         policy, surrogate, lr=u.lr, adam_eps=u.adam_eps, anneal_lr=u.anneal_lr, total_env_steps=cfg.total_env_steps,
         vf_coef=u.vf_coef, ent_coef=u.ent_coef, value_clip=u.value_clip, normalize_advantages=u.normalize_advantages,
-        target_kl=u.target_kl, reference_refresh_every=u.reference_refresh_every)
+        target_kl=u.target_kl, reference_refresh_every=u.reference_refresh_every, max_grad_norm=u.max_grad_norm,
+        lightning_optimizer=u.lightning_optimizer)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     loggers = []

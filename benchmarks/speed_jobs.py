@@ -92,7 +92,7 @@ def pglab_collect(p: dict) -> None:
     envs = r.datamodule.make_envs()
     collector = SegmentCollector(envs, int(r.cfg.collector.num_steps), r.module.policy.head.param_dim,
                                  int(r.cfg.seed))
-    act, value = r.module.act, r.module.value
+    act, value = r.module.rollout_policy()  # what training collects with (fused snapshot of the weights)
     with torch.inference_mode():
         for _ in range(3):  # warm-up: first reset, first allocations
             collector.collect(act, value)

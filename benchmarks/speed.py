@@ -280,7 +280,7 @@ def how_it_ran(res: dict) -> list[str]:
                    "subprocess launch: interpreter start-up and imports included.")
     if c:
         out.append(f"collection ({len(c['runs'])} repeats): pglab `{' '.join(PGLAB_PPO)}` (8 envs × 32 steps); "
-                   f"`SegmentCollector(envs, 32, …).collect(module.act, module.value)` under torch.inference_mode "
+                   f"`SegmentCollector(envs, 32, …).collect(*module.rollout_policy())` under torch.inference_mode "
                    f"for {c['collect_steps']:,} env steps after 3 warm-up calls, vs `trainer.fit` of the same preset "
                    f"for {c['train_steps']:,} env steps.")
     if u:

@@ -1,8 +1,9 @@
 """The LightningModule: networks, surrogate, optimiser and every piece of learnable or adaptive state.
 
-training_step = surrogate + c_v·value loss − c_e·entropy, on one minibatch. Adaptive β (a buffer of the
-surrogate), the frozen reference policy (GRPO's KL) and the env-step counter live here, so a checkpoint of
-this module is a checkpoint of the learner.
+Each update minimises surrogate + c_v·value loss − c_e·entropy on one minibatch; one Lightning training step
+runs a whole rollout's updates (manual optimisation). Adaptive β (a buffer of the surrogate), the frozen
+reference policy (GRPO's KL) and the env-step counter live here, so a checkpoint of this module is a checkpoint
+of the learner.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class PolicyGradientModule(L.LightningModule):
         if surrogate.needs_reference:
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
-        self.updates = 0  # optimizer steps taken (trainer.global_step counts only Lightning-wrapped ones)
+        self.updates = 0  # optimizer steps taken (equals trainer.global_step; kept for checkpoints and tests)
         self._epoch_stats: dict[str, list[Tensor]] = defaultdict(list)
         self.last_rollout: RolloutStats | None = None
         self._stop_epoch = False
@@ -67,14 +68,6 @@ class PolicyGradientModule(L.LightningModule):
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints (evaluate, resume)
 
     # -- the collection interface (called by the DataModule) ----------------------------------------
-    @torch.inference_mode()
-    def act(self, obs: Tensor) -> ActOutput:
-        return self.policy.act(obs.to(self.device))
-
-    @torch.inference_mode()
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs.to(self.device))
-
     def rollout_policy(self) -> tuple[Callable[[Tensor], ActOutput], Callable[[Tensor], Tensor]]:
         """(act, value) for one rollout: a fused snapshot of the current weights (see ActorCritic.fused_actor)."""
         actor = self.policy.fused_actor()

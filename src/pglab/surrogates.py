@@ -160,7 +160,7 @@ def ratio_stats(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
     real = mask > 0
     return {
         "approx_kl_k1": (-log_ratio * mask).sum() / count,
-        "approx_kl": ((ratio - 1 - log_ratio) * mask).sum() / count,
+        "approx_kl": ((torch.expm1(log_ratio) - log_ratio) * mask).sum() / count,  # expm1: no cancellation
         "ratio_mean": (ratio * mask).sum() / count,
         "ratio_min": torch.where(real, ratio, torch.full_like(ratio, torch.inf)).min(),
         "ratio_max": torch.where(real, ratio, torch.full_like(ratio, -torch.inf)).max(),

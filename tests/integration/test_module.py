@@ -1,0 +1,88 @@
+"""Every learner switch changes the loss the way it says (the Lightning PPO example's advantage-normalisation
+bug passed normalised advantages nowhere); target-KL early stop; adaptive β updates once per rollout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pglab.data import Batch
+from pglab.module import PolicyGradientModule
+from pglab.networks import ActorCritic
+from pglab.surrogates import Clip, KLPenalty
+from pglab.train import build
+
+
+def _batch(seed: int = 0, n: int = 32) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, 4, generator=g)
+    actions = torch.randint(0, 2, (n,), generator=g)
+    return Batch(obs=obs, actions=actions, logp_old=torch.full((n,), -0.69), values_old=torch.zeros(n),
+                 dist_params_old=torch.log(torch.full((n, 2), 0.5)),
+                 advantages=torch.randn(n, generator=g) * 3 + 2, targets=torch.randn(n, generator=g),
+                 mask=torch.ones(n), episode_ids=torch.zeros(n, dtype=torch.long), num_episodes=1)
+
+
+def _module(**kwargs) -> PolicyGradientModule:
+    torch.manual_seed(0)
+    return PolicyGradientModule(ActorCritic(4, ("discrete", 2)), kwargs.pop("surrogate", Clip(0.2)), **kwargs)
+
+
+def test_advantage_normalisation_reaches_the_loss():
+    batch = _batch()
+    raw = _module(normalize_advantages=False, vf_coef=0.0).minibatch_loss(batch)
+    normed = _module(normalize_advantages=True, vf_coef=0.0).minibatch_loss(batch)
+    assert not torch.isclose(raw, normed)
+    # reference: normalise by hand (unbiased std, as CleanRL), then the un-normalised path
+    a = batch.advantages
+    by_hand = Batch(**{**batch.__dict__, "advantages": (a - a.mean()) / (a.std() + 1e-8)})
+    torch.testing.assert_close(normed, _module(normalize_advantages=False, vf_coef=0.0).minibatch_loss(by_hand))
+
+
+def test_value_and_entropy_coefficients_enter_linearly():
+    batch = _batch(1)
+    base = _module(vf_coef=0.0, ent_coef=0.0)
+    loss0 = base.minibatch_loss(batch)
+    out = base.policy.evaluate(batch.obs, batch.actions)
+    value_mse = 0.5 * ((out.values - batch.targets) ** 2).mean()
+    entropy = out.entropy.mean()
+    torch.testing.assert_close(_module(vf_coef=0.7, ent_coef=0.0).minibatch_loss(batch), loss0 + 0.7 * value_mse)
+    torch.testing.assert_close(_module(vf_coef=0.0, ent_coef=0.3).minibatch_loss(batch), loss0 - 0.3 * entropy)
+
+
+def test_analytic_kl_is_used_by_the_kl_penalty():
+    batch = _batch(2)
+    module = _module(surrogate=KLPenalty(beta=2.0, adaptive=False), vf_coef=0.0, normalize_advantages=False)
+    loss = module.minibatch_loss(batch)
+    out = module.policy.evaluate(batch.obs, batch.actions)
+    ratio = (out.logp - batch.logp_old).exp()
+    probs_old = batch.dist_params_old.exp()
+    kl = (probs_old * (batch.dist_params_old - out.dist_params)).sum(-1)  # KL(π_old ‖ π_θ), closed form
+    torch.testing.assert_close(loss, (-ratio * batch.advantages + 2.0 * kl).mean())
+
+
+def test_target_kl_stops_the_rest_of_the_epoch(make_cfg):
+    cfg = make_cfg("algo=ppo", "env.num_envs=2", "collector.num_steps=32", "total_env_steps=128",
+                   "learner.target_kl=1e-12", "learner.anneal_lr=false")  # annealing to lr 0 would freeze θ
+    r = build(cfg)
+    r.trainer.fit(r.module, datamodule=r.datamodule)
+    epochs = r.trainer.current_epoch
+    # the first update of an epoch starts at θ = θ_old (KL 0 up to rounding); by the second the KL exceeds
+    # 1e-12, so at most 2 of the preset's 20 updates per epoch happen
+    assert epochs <= r.module.updates <= 2 * epochs
+
+
+@pytest.mark.parametrize("approx_kl, expected", [(0.001, 0.5), (0.01, 1.0), (0.1, 2.0)])
+def test_adaptive_beta_updates_once_per_rollout(approx_kl, expected):
+    module = _module(surrogate=KLPenalty(beta=1.0, adaptive=True, target_kl=0.01))
+    module._epoch_stats["approx_kl"].extend([torch.tensor(approx_kl)] * 3)
+
+    class _Trainer:  # on_train_epoch_end only needs loggers and the optimiser's lr from the trainer
+        loggers = []
+        callback_metrics: dict = {}
+        progress_bar_metrics: dict = {}
+
+    module._trainer = _Trainer()
+    module.optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.1)
+    module.on_train_epoch_end()
+    assert float(module.surrogate.beta) == expected

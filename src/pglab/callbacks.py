@@ -36,13 +36,11 @@ class EvalCallback(L.Callback):
                 self.envs = datamodule.make_eval_envs(self.num_envs)
         else:
             datamodule.sync_obs_normalization(self.envs)
-        was_training = module.training
-        module.eval()
+        actor = module.policy.fused_actor()  # the collection fast path, in its deterministic (mode) form
         with torch.inference_mode():
             returns, lengths = run_episodes(
-                self.envs, lambda obs: module.policy.act(obs.to(module.device), deterministic=True).actions,
+                self.envs, lambda obs: actor.act(obs.to(module.device), deterministic=True).actions,
                 self.episodes, seed=self.seed + self.evaluations)
-        module.train(was_training)
         self.evaluations += 1
         module.emit_metrics({"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
                              "eval/length_mean": float(lengths.mean())})

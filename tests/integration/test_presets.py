@@ -53,3 +53,12 @@ def test_budget_stops_training(make_cfg):
     r.trainer.fit(r.module, datamodule=r.datamodule)
     # 32 real transitions per epoch at most; stops at the first epoch reaching 100
     assert 100 <= int(r.module.env_steps) < 100 + 32
+
+
+@pytest.mark.parametrize("experiment", ["pendulum_ppo", "cartpole_ppo_cleanrl"])
+def test_experiment_presets_compose_and_run_an_epoch(make_cfg, experiment):
+    cfg = make_cfg(f"experiment={experiment}")
+    r = build(cfg)
+    r.trainer.fit_loop.max_epochs = 1
+    r.trainer.fit(r.module, datamodule=r.datamodule)
+    assert int(r.module.env_steps) > 0

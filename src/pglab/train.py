@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -57,10 +58,16 @@ def build(cfg: DictConfig) -> Run:
     """Everything ``fit`` needs, validated before any environment steps."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(int(cfg.torch_threads))
-    estimator = instantiate(cfg.estimator)
-    baseline = instantiate(cfg.baseline)
-    surrogate = instantiate(cfg.surrogate)
+    try:
+        estimator = instantiate(cfg.estimator)
+        baseline = instantiate(cfg.baseline)
+        surrogate = instantiate(cfg.surrogate)
+    except InstantiationException as err:  # e.g. a negative clip range: the component's own ValueError
+        raise ConfigError(f"this configuration cannot run:\n  - {err.__cause__ or err}") from err
     check_combination(cfg, estimator, baseline, surrogate)
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: pass a .ckpt file, e.g. "
+                          "outputs/<algo>/<time>/checkpoints/last.ckpt")
     if cfg.eval.enabled and cfg.eval.video:
         try:
             require_video_support(cfg.env.id)
@@ -74,7 +81,10 @@ def build(cfg: DictConfig) -> Run:
         update_epochs=cfg.learner.epochs, num_minibatches=cfg.learner.num_minibatches,
         whole_episodes=surrogate.needs_whole_episodes, seed=cfg.seed,
         minibatches_per_step=cfg.learner.minibatches_per_step)
-    envs = datamodule.make_envs()
+    try:
+        envs = datamodule.make_envs()
+    except ValueError as err:  # unknown env id, no native vector env, ...
+        raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     policy = ActorCritic(obs_size(envs.single_observation_space), action_space_spec(envs.single_action_space),
                          hidden=tuple(model_cfg["hidden"]), activation=model_cfg["activation"],
@@ -89,10 +99,9 @@ def build(cfg: DictConfig) -> Run:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     loggers = []
-    resolved_config = module.run_config
     for logger_cfg in (cfg.get("logger") or {}).values():
         logger = instantiate(logger_cfg)
-        logger.log_hyperparams(resolved_config)
+        logger.log_hyperparams(module.run_config)
         if type(logger).__name__ == "WandbLogger":
             # plot every metric against env steps, not optimizer steps
             logger.experiment.define_metric("env_steps")

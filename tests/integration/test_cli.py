@@ -34,3 +34,12 @@ def test_tiny_run_with_wandb_offline_prints_sync_command(tmp_path):
     assert "wandb sync" in proc.stdout
     assert (tmp_path / "csv" / "metrics.csv").exists()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_bad_values_are_refused_before_any_work(tmp_path):
+    for args, fragment in ((["surrogate.eps_low=-0.1"], "eps_low must be >= 0"),
+                           (["env.id=CartPole-v9"], "env.id='CartPole-v9' is not a registered"),
+                           (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist")):
+        proc = _run(*args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert fragment in proc.stderr and "Traceback" not in proc.stderr

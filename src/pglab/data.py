@@ -21,7 +21,7 @@ from gymnasium.wrappers import vector as vw
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pglab.envs import EnvConfig, find_wrapper, make_vector_env
+from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, rms_state
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 
 __all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
@@ -285,10 +285,10 @@ class OnPolicyDataModule(L.LightningDataModule):
         if envs is not None:
             obs_norm = find_wrapper(envs, vw.NormalizeObservation)
             if obs_norm is not None:
-                state["obs_rms"] = _rms_state(obs_norm.obs_rms)
+                state["obs_rms"] = rms_state(obs_norm.obs_rms)
             reward_norm = find_wrapper(envs, vw.NormalizeReward)
             if reward_norm is not None:
-                state["return_rms"] = _rms_state(reward_norm.return_rms)
+                state["return_rms"] = rms_state(reward_norm.return_rms)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -306,16 +306,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         if "group_rng" in state and isinstance(self.collector, EpisodeCollector):
             self.collector.rng.bit_generator.state = state["group_rng"]
         if "obs_rms" in state:
-            _load_rms(find_wrapper(self.envs, vw.NormalizeObservation).obs_rms, state["obs_rms"])
+            load_rms(find_wrapper(self.envs, vw.NormalizeObservation).obs_rms, state["obs_rms"])
         if "return_rms" in state:
-            _load_rms(find_wrapper(self.envs, vw.NormalizeReward).return_rms, state["return_rms"])
+            load_rms(find_wrapper(self.envs, vw.NormalizeReward).return_rms, state["return_rms"])
 
-
-def _rms_state(rms) -> dict:
-    return {"mean": torch.as_tensor(rms.mean), "var": torch.as_tensor(rms.var), "count": float(rms.count)}
-
-
-def _load_rms(rms, state: dict) -> None:
-    rms.mean = state["mean"].numpy().astype(rms.mean.dtype)
-    rms.var = state["var"].numpy().astype(rms.var.dtype)
-    rms.count = state["count"]

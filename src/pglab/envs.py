@@ -20,7 +20,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-__all__ = ["EnvConfig", "make_vector_env", "find_wrapper", "require_video_support", "run_episodes", "VECTORIZATIONS"]
+__all__ = ["EnvConfig", "make_vector_env", "find_wrapper", "require_video_support", "run_episodes", "rms_state",
+           "load_rms", "VECTORIZATIONS"]
 
 VECTORIZATIONS = ("auto", "native", "sync", "async")
 
@@ -112,6 +113,22 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
         if cfg.clip_reward is not None:
             envs = vw.ClipReward(envs, -float(cfg.clip_reward), float(cfg.clip_reward))
     return envs
+
+
+def rms_state(rms) -> dict:
+    """A gymnasium RunningMeanStd as tensors and a float (checkpoint-friendly, weights_only-loadable)."""
+    import torch
+
+    return {"mean": torch.as_tensor(rms.mean), "var": torch.as_tensor(rms.var), "count": float(rms.count)}
+
+
+def load_rms(rms, state: dict) -> None:
+    """Inverse of ``rms_state``: overwrite ``rms`` in place."""
+    import torch
+
+    rms.mean = np.asarray(torch.as_tensor(state["mean"]).numpy(), dtype=rms.mean.dtype)
+    rms.var = np.asarray(torch.as_tensor(state["var"]).numpy(), dtype=rms.var.dtype)
+    rms.count = float(state["count"])
 
 
 def find_wrapper(envs: gym.vector.VectorEnv, wrapper_type: type) -> Any | None:

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from gymnasium.wrappers import vector as vw
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.envs import EnvConfig, find_wrapper, make_vector_env, require_video_support, run_episodes
+from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, require_video_support, run_episodes
 from pglab.networks import ActorCritic, action_space_spec, obs_size
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -82,10 +81,7 @@ def make_eval_envs(ckpt: dict, num_envs: int, video_dir: str | None = None):
             envs.close()
             raise CheckpointError("the run normalised observations (env.normalize_obs=true) but the checkpoint holds "
                                   "no observation statistics (ckpt['OnPolicyDataModule']['obs_rms'])")
-        rms = obs_norm.obs_rms
-        rms.mean = np.asarray(torch.as_tensor(state["mean"]).numpy(), dtype=rms.mean.dtype)
-        rms.var = np.asarray(torch.as_tensor(state["var"]).numpy(), dtype=rms.var.dtype)
-        rms.count = float(state["count"])
+        load_rms(obs_norm.obs_rms, state)
         obs_norm.update_running_mean = False
     return envs
 

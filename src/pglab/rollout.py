@@ -113,12 +113,14 @@ def _spaces(envs: gym.vector.VectorEnv) -> tuple[tuple[int, ...], tuple[int, ...
     return obs_shape, tuple(space.shape), torch.float32
 
 
-def _finished_episodes(info: dict, returns: list, lengths: list) -> None:
-    """Append the raw returns/lengths of episodes that ended this step (RecordEpisodeStatistics)."""
+def _finished_episodes(info: dict, returns: list, lengths: list, mask: np.ndarray | None = None) -> None:
+    """Append the raw returns/lengths of episodes that ended this step (RecordEpisodeStatistics); ``mask`` [N]
+    picks which envs' episodes count (default: every env whose episode ended)."""
     episode = info.get("episode")
     if episode is None:
         return
-    mask = info.get("_episode", np.ones(len(episode["r"]), dtype=bool))
+    if mask is None:
+        mask = info.get("_episode", np.ones(len(episode["r"]), dtype=bool))
     returns.append(np.asarray(episode["r"])[mask].astype(np.float64))
     lengths.append(np.asarray(episode["l"])[mask].astype(np.int64))
 
@@ -201,10 +203,7 @@ class EpisodeCollector:
             b.terminated[t], b.done[t], b.valid[t] = terminated & live, done, live
             if done.any():
                 # only the first episode of each env counts; later ones are autoreset continuations
-                episode = info.get("episode")
-                if episode is not None:
-                    returns.append(np.asarray(episode["r"])[done].astype(np.float64))
-                    lengths.append(np.asarray(episode["l"])[done].astype(np.int64))
+                _finished_episodes(info, returns, lengths, mask=done)
             finished |= done
             if finished.all():
                 length = t + 1

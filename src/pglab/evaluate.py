@@ -23,11 +23,11 @@ from gymnasium.wrappers import vector as vw
 from omegaconf import DictConfig, OmegaConf
 
 from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, require_video_support, run_episodes
-from pglab.networks import ActorCritic, action_space_spec, obs_size
+from pglab.networks import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-__all__ = ["CheckpointError", "load_checkpoint", "build_policy", "make_eval_envs", "evaluate", "default_output_dir",
+__all__ = ["CheckpointError", "load_checkpoint", "build_checkpoint_policy", "make_eval_envs", "evaluate", "default_output_dir",
            "main"]
 
 
@@ -86,12 +86,10 @@ def make_eval_envs(ckpt: dict, num_envs: int, video_dir: str | None = None):
     return envs
 
 
-def build_policy(ckpt: dict, envs) -> ActorCritic:
+def build_checkpoint_policy(ckpt: dict, envs):
     """The run's ActorCritic with the checkpoint's ``policy.*`` weights, in eval mode."""
-    model = ckpt["pglab"]["config"]["model"]
-    policy = ActorCritic(obs_size(envs.single_observation_space), action_space_spec(envs.single_action_space),
-                         hidden=tuple(model["hidden"]), activation=model["activation"], shared=model["shared"],
-                         value_head=model["value_head"], log_std_init=model["log_std_init"])
+    policy = build_policy(ckpt["pglab"]["config"]["model"], envs.single_observation_space,
+                          envs.single_action_space)
     weights = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
     try:
         policy.load_state_dict(weights)
@@ -117,7 +115,7 @@ def evaluate(ckpt_path: str | Path, episodes: int = 10, num_envs: int = 4, seed:
     ckpt = load_checkpoint(ckpt_path)
     envs = make_eval_envs(ckpt, num_envs, video_dir)
     try:
-        policy = build_policy(ckpt, envs)
+        policy = build_checkpoint_policy(ckpt, envs)
         torch.manual_seed(seed)  # sampled actions (deterministic=false) are reproducible too
         with torch.inference_mode():
             returns, lengths = run_episodes(envs, lambda obs: policy.act(obs, deterministic=deterministic).actions,

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActorCritic", "ActOutput", "EvalOutput", "CategoricalHead", "GaussianHead", "FusedActor", "mlp"]
+__all__ = ["ActorCritic", "ActOutput", "EvalOutput", "CategoricalHead", "GaussianHead", "FusedActor", "mlp",
+           "build_policy"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -154,6 +155,13 @@ class ActorCritic(nn.Module):
         self.value_trunk = None if (shared or not value_head) else mlp(obs_dim, hidden, activation)
         self.value_out = _orthogonal(nn.Linear(feat, 1), 1.0) if value_head else None
 
+    @classmethod
+    def from_config(cls, observation_space, action_space, hidden=(64, 64), activation: str = "tanh",
+                    shared: bool = False, value_head: bool = True, log_std_init: float = 0.0) -> ActorCritic:
+        """The network ``conf/model/mlp.yaml`` describes, sized for gymnasium single-env spaces."""
+        return cls(obs_size(observation_space), action_space_spec(action_space), hidden=tuple(hidden),
+                   activation=activation, shared=shared, value_head=value_head, log_std_init=log_std_init)
+
     def _features(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
         policy_features = self.policy_trunk(obs)
         if self.value_out is None:
@@ -262,3 +270,18 @@ def action_space_spec(space) -> tuple[str, int]:
 
 def obs_size(space) -> int:
     return int(np.prod(space.shape))
+
+
+def build_policy(model_cfg: dict, observation_space, action_space) -> nn.Module:
+    """The policy a ``model`` config describes, for training, evaluation, probes and tests alike.
+
+    ``model_cfg["_target_"]`` names a callable ``(observation_space, action_space, **rest)`` returning a network
+    with ActorCritic's interface (``act``, ``evaluate``, ``value``, ``kl``, ``fused_actor``, ``head.param_dim``,
+    ``has_value``); without one (checkpoints written before models had targets) it is ``ActorCritic.from_config``.
+    """
+    cfg = {k: v for k, v in dict(model_cfg).items() if k != "_target_"}
+    target = dict(model_cfg).get("_target_", "pglab.networks.ActorCritic.from_config")
+    from hydra.utils import get_method
+
+    factory = get_method(target)
+    return factory(observation_space, action_space, **cfg)

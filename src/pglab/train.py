@@ -28,7 +28,7 @@ from pglab.envs import EnvConfig, require_video_support
 from pglab.hydra_callbacks import mark_failed
 from pglab.loggers import finish_wandb, sync_hint
 from pglab.module import PolicyGradientModule
-from pglab.networks import ActorCritic, action_space_spec, obs_size
+from pglab.networks import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -85,11 +85,11 @@ def build(cfg: DictConfig) -> Run:
         envs = datamodule.make_envs()
     except ValueError as err:  # unknown env id, no native vector env, ...
         raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    policy = ActorCritic(obs_size(envs.single_observation_space), action_space_spec(envs.single_action_space),
-                         hidden=tuple(model_cfg["hidden"]), activation=model_cfg["activation"],
-                         shared=model_cfg["shared"], value_head=model_cfg["value_head"],
-                         log_std_init=model_cfg["log_std_init"])
+    try:
+        policy = build_policy(OmegaConf.to_container(cfg.model, resolve=True), envs.single_observation_space,
+                              envs.single_action_space)
+    except (ValueError, TypeError) as err:  # a model that does not fit the env, an unknown model key, ...
+        raise ConfigError(f"this configuration cannot run:\n  - model: {err}") from err
     u = cfg.learner
     module = PolicyGradientModule(
         policy, surrogate, lr=u.lr, adam_eps=u.adam_eps, anneal_lr=u.anneal_lr, total_env_steps=cfg.total_env_steps,
@@ -119,6 +119,13 @@ def build(cfg: DictConfig) -> Run:
             dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean" if cfg.eval.enabled
             else None, mode="max", save_top_k=1 if cfg.eval.enabled else 0, save_last=True,
             every_n_epochs=cfg.checkpoint.every_n_epochs, save_on_exception=True))
+        if cfg.checkpoint.get("snapshots"):
+            # keep every periodic checkpoint (early / middle / late policies for pglab.probe)
+            callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="snapshot-{epoch}", monitor=None,
+                                             save_top_k=-1, every_n_epochs=cfg.checkpoint.every_n_epochs))
+    # extra Lightning callbacks from the config (``callbacks.<name>._target_``), e.g. an experiment's warm start
+    for callback_cfg in (cfg.get("callbacks") or {}).values():
+        callbacks.append(instantiate(callback_cfg))
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
     if progress:

@@ -1,8 +1,8 @@
 """Baselines: advantages A = G − b from per-step targets (pure tensor math).
 
 All inputs are time-major ``[T, N]`` with a ``valid`` mask; rows that are not valid get A = 0.
-Seed map: ``none`` is 策略梯度 §4 (no baseline), ``mean``/``value`` PPO §1 Q2 B(s_t) and PPO §2
-A = Q − V, ``group`` the GRPO advantage (R_i − mean_G)/std_G (Dr. GRPO: without ÷ std).
+Theory map (docs/theory.md): ``none`` is §1 (no baseline), ``mean``/``value`` §3 B(s_t) and §4
+A = Q − V, ``group`` §12, the GRPO advantage (R_i − mean_G)/std_G (Dr. GRPO: without ÷ std).
 
 Per-minibatch advantage normalisation is not a baseline: it lives in the training step.
 """

@@ -18,8 +18,8 @@ segment end) it adds ``gamma * next_values * (1 - terminated)``. A terminated ep
 gets no bootstrap, a truncated one gets V(final obs), a cut segment gets V(s_T). Rows that are
 not ``valid`` get a target of 0 and must be masked downstream.
 
-Seed map: ``trajectory_return`` is 策略梯度 §1-4 R(τ); ``reward_to_go`` PPO §1 Q1;
-``nstep`` PPO §3 A^k (+V); ``gae`` PPO §3.4 (λ-return, so G − V is the GAE advantage).
+Theory map (docs/theory.md): ``trajectory_return`` is §1 R(τ); ``reward_to_go`` §2; ``nstep`` §5 A^k (+V);
+``gae`` §6 (λ-return, so G − V is the GAE advantage); the bootstrapping rule above is §8.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def reward_to_go(rewards: Tensor, values: Tensor, next_values: Tensor, terminate
 
 def trajectory_return(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, done: Tensor,
                       valid: Tensor, gamma: float = 1.0) -> Tensor:
-    """The seed's R(τ): every step of an episode gets Σ_t γ^t r_t of the whole episode. [T, N]
+    """R(τ) of docs/theory.md §1: every step of an episode gets Σ_t γ^t r_t of the whole episode. [T, N]
 
     An episode is the run of rows from a start (row 0, or the first valid row after a ``done``) to its
     ``done``; its return is the reward-to-go at its first row (bootstrapped if it is cut or truncated).
@@ -97,7 +97,7 @@ def nstep(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tens
           valid: Tensor, gamma: float = 0.99, k: int = 5) -> Tensor:
     """k-step return Σ_{i<k} γ^i r_{t+i} + γ^k V(s_{t+k}), stopping early at episode/segment end. [T, N]
 
-    ``nstep(...) - values`` is the seed's A^k (PPO §3); k=1 is TD(0); k ≥ T is the Monte-Carlo return.
+    ``nstep(...) - values`` is A^k (docs/theory.md §5); k=1 is TD(0); k ≥ T is the Monte-Carlo return.
     """
     check_rollout(rewards, values, next_values, terminated, done, valid)
     _check_unit_interval("gamma", gamma)
@@ -126,10 +126,10 @@ def nstep(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tens
 
 def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, done: Tensor,
         valid: Tensor, gamma: float = 0.99, lam: float = 0.95) -> Tensor:
-    """λ-return G^λ_t = A^GAE_t + V(s_t), with A^GAE = (1−λ)(A¹ + λA² + λ²A³ + …) (seed PPO §3.4). [T, N]
+    """λ-return G^λ_t = A^GAE_t + V(s_t), with A^GAE = (1−λ)(A¹ + λA² + λ²A³ + …) (docs/theory.md §6). [T, N]
 
     Computed by the usual backward recursion A_t = δ_t + γλ(1 − done_t) A_{t+1},
-    δ_t = r_t + γ(1 − terminated_t) V(s_{t+1}) − V(s_t); the tests check it against the seed's sum.
+    δ_t = r_t + γ(1 − terminated_t) V(s_{t+1}) − V(s_t); the tests check it against the explicit λ-series.
     """
     check_rollout(rewards, values, next_values, terminated, done, valid)
     _check_unit_interval("gamma", gamma)

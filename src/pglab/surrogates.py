@@ -3,17 +3,17 @@
 Pure tensor math (torch only). Every input is a flat minibatch ``[B]`` with a float ``mask`` [B]
 (1 for real transitions, 0 for padding) and ``episode_ids`` [B] in ``[0, num_episodes)``.
 
-Seed map:
-    ``Reinforce``   策略梯度 §4: −A·log π
-    ``Importance``  PPO §6: −ρ·A, ρ = π_θ/π_θ'  (its gradient at θ = θ' equals REINFORCE's)
-    ``KLPenalty``   PPO §7.1: −ρ·A + β·KL(π_θ' ‖ π_θ), fixed or adaptive β
-    ``Clip``        PPO §7.2: −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A)
-    ``GRPO``        token-level clip + β·k3 KL to a frozen reference policy
-    ``GSPO``        sequence ratio s_i = exp(mean_t log ρ_{i,t}), clipped per episode (+ GSPO-token)
+Theory map (docs/theory.md):
+    ``Reinforce``   §1: −A·log π
+    ``Importance``  §9: −ρ·A, ρ = π_θ/π_θ'  (its gradient at θ = θ' equals REINFORCE's)
+    ``KLPenalty``   §10: −ρ·A + β·KL(π_θ' ‖ π_θ), fixed or adaptive β
+    ``Clip``        §11: −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A)
+    ``GRPO``        §12: token-level clip + β·k3 KL to a frozen reference policy
+    ``GSPO``        §13: sequence ratio s_i = exp(mean_t log ρ_{i,t}), clipped per episode (+ GSPO-token)
 
-How the per-token losses are summed is a separate choice, ``aggregation``:
+How the per-token losses are summed is a separate choice, ``aggregation`` (§14):
     ``token_mean``   Σ_t ℓ / #tokens                         (PPO)
-    ``episode_sum``  (1/N) Σ_n Σ_t ℓ                          (the seed's −(1/N) Σ_n Σ_t)
+    ``episode_sum``  (1/N) Σ_n Σ_t ℓ                          (REINFORCE's −(1/N) Σ_n Σ_t, §1)
     ``episode_mean`` (1/N) Σ_n (1/|τ_n|) Σ_t ℓ                (GRPO)
     ``constant``     Σ ℓ / (N · L), L a constant length       (Dr. GRPO)
 """
@@ -168,21 +168,21 @@ def ratio_stats(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
 
 
 class Reinforce(Surrogate):
-    """−A·log π_θ (seed 策略梯度 §4). With ``aggregation='episode_sum'`` it is the seed's loss verbatim."""
+    """−A·log π_θ (docs/theory.md §1). With ``aggregation='episode_sum'`` it is that section's loss verbatim."""
 
     def per_token(self, batch, ratio):
         return -batch.advantages * batch.logp, {}
 
 
 class Importance(Surrogate):
-    """−ρ·A with ρ = π_θ/π_θ' (seed PPO §6): reuses a rollout of π_θ' for several updates."""
+    """−ρ·A with ρ = π_θ/π_θ' (docs/theory.md §9): reuses a rollout of π_θ' for several updates."""
 
     def per_token(self, batch, ratio):
         return -ratio * batch.advantages, {}
 
 
 class KLPenalty(Surrogate):
-    """−ρ·A + β·KL(π_θ' ‖ π_θ) (seed PPO §7.1).
+    """−ρ·A + β·KL(π_θ' ‖ π_θ) (docs/theory.md §10).
 
     Args:
         beta: initial penalty coefficient β.
@@ -228,7 +228,7 @@ def _clipped_objective(ratio: Tensor, advantages: Tensor, eps_low: float, eps_hi
 
 
 class Clip(Surrogate):
-    """PPO-clip (seed PPO §7.2); ``eps_high`` defaults to ``eps_low`` (set it higher for clip-higher)."""
+    """PPO-clip (docs/theory.md §11); ``eps_high`` defaults to ``eps_low`` (set it higher for clip-higher)."""
 
     def __init__(self, eps_low: float = 0.2, eps_high: float | None = None, aggregation: str | None = None,
                  constant_length: float | None = None) -> None:

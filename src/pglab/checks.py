@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pglab import baselines as B
 from pglab import estimators as E
 from pglab.surrogates import Surrogate
 
-__all__ = ["ConfigError", "check_combination", "component_name"]
+__all__ = ["ConfigError", "check_combination", "component_name", "check_types", "check_budgets"]
 
 BOOTSTRAPPING = {E.nstep, E.gae}
 
@@ -30,6 +30,96 @@ def component_name(component, registry: dict) -> str:
         if candidate is func:
             return name
     raise ConfigError(f"{func!r} is not one of the known components {sorted(registry)}")
+
+
+# key → (accepted types, may be null); checked first so no later check or component sees e.g. seed="abc"
+_INT, _NUM, _BOOL = (int,), (int, float), (bool,)
+_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "seed": (_INT, False), "total_env_steps": (_INT, False), "torch_threads": (_INT, False),
+    "gamma": (_NUM, False), "lam": (_NUM, False), "nstep_k": (_INT, False),
+    "env.id": ((str,), False), "env.num_envs": (_INT, False), "env.max_episode_steps": (_INT, True),
+    "env.normalize_obs": (_BOOL, False), "env.normalize_reward": (_BOOL, False), "env.flatten_obs": (_BOOL, False),
+    "collector.num_steps": (_INT, False), "collector.num_groups": (_INT, False),
+    "collector.group_size": (_INT, False), "collector.max_episode_steps": (_INT, True),
+    "learner.epochs": (_INT, False), "learner.num_minibatches": (_INT, False), "learner.lr": (_NUM, False),
+    "learner.adam_eps": (_NUM, False), "learner.anneal_lr": (_BOOL, False), "learner.vf_coef": (_NUM, False),
+    "learner.ent_coef": (_NUM, False), "learner.value_clip": (_NUM, True),
+    "learner.normalize_advantages": (_BOOL, False), "learner.target_kl": (_NUM, True),
+    "learner.reference_refresh_every": (_INT, False), "learner.max_grad_norm": (_NUM, True),
+    "learner.minibatches_per_step": (_INT, True), "learner.lightning_optimizer": (_BOOL, False),
+    "learner.nonfinite": ((str,), False),
+    "eval.enabled": (_BOOL, False), "eval.every_n_epochs": (_INT, False), "eval.episodes": (_INT, False),
+    "eval.num_envs": (_INT, False), "eval.video": (_BOOL, False),
+    "checkpoint.enabled": (_BOOL, False), "checkpoint.every_n_epochs": (_INT, False),
+}
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every setting of the wrong type (``seed=abc``, ``learner.lr=fast``, ...)."""
+    problems = []
+    for key, (types, nullable) in _TYPES.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue
+        value = OmegaConf.select(cfg, key)
+        if value is None and nullable:
+            continue
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            kind = {_INT: "an integer", _NUM: "a number", _BOOL: "true or false"}.get(types, "a string")
+            problems.append(f"{key} must be {kind}{' or null' if nullable else ''}, got {value!r}")
+    if problems:
+        raise ConfigError("this configuration cannot run:\n  - " + "\n  - ".join(problems))
+
+
+def check_budgets(cfg: DictConfig, whole_episodes: bool) -> list[str]:
+    """Sizes that make training a no-op or meaningless (they would run without an error and learn nothing)."""
+    problems = []
+    env, col, learner = cfg.env, cfg.collector, cfg.learner
+    if env.num_envs < 1:
+        problems.append(f"env.num_envs must be >= 1, got {env.num_envs}")
+    for key in ("env.max_episode_steps", "collector.max_episode_steps"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            problems.append(f"{key} must be >= 1 or null (the env's own limit), got {value}: with {value} every "
+                            "episode ends before it starts")
+    episodic = col.kind == "episodes"
+    if episodic:
+        if col.num_groups < 1 or col.group_size < 1:
+            problems.append(f"collector.num_groups and collector.group_size must be >= 1, got {col.num_groups} and "
+                            f"{col.group_size}")
+            return problems
+        units, unit = col.num_groups * col.group_size, "episodes"
+    else:
+        if col.num_steps < 1:
+            problems.append(f"collector.num_steps must be >= 1, got {col.num_steps}")
+            return problems
+        units, unit = env.num_envs * col.num_steps, "rows"
+    if env.num_envs < 1 or learner.num_minibatches < 1:
+        return problems
+    per_minibatch = units // learner.num_minibatches
+    need = 1 if (episodic and whole_episodes) else 2
+    if episodic and not whole_episodes:
+        unit = "episodes (of >= 1 row each)"
+    if learner.normalize_advantages and units < need:
+        sizes = "collector.num_groups × collector.group_size" if episodic else "env.num_envs × collector.num_steps"
+        problems.append(f"a rollout of {units} {unit.split()[0]} with per-minibatch advantage normalisation makes "
+                        f"every advantage 0 and nothing is learned: make {sizes} >= {need}, or set "
+                        "learner.normalize_advantages=false")
+    elif learner.normalize_advantages and per_minibatch < need:
+        problems.append(
+            f"learner.num_minibatches={learner.num_minibatches} splits a rollout of {units} {unit} into minibatches "
+            f"of fewer than {need} {unit.split()[0]}; per-minibatch advantage normalisation then makes every "
+            f"advantage 0 and nothing is learned: use learner.num_minibatches <= {max(1, units // need)}, or "
+            "learner.normalize_advantages=false")
+    if cfg.eval.enabled and min(cfg.eval.every_n_epochs, cfg.eval.episodes, cfg.eval.num_envs) < 1:
+        problems.append("eval.every_n_epochs, eval.episodes and eval.num_envs must be >= 1 (or eval.enabled=false)")
+    if cfg.checkpoint.enabled and cfg.checkpoint.every_n_epochs < 1:
+        problems.append(f"checkpoint.every_n_epochs must be >= 1, got {cfg.checkpoint.every_n_epochs}")
+    if learner.get("nonfinite", "stop") not in ("stop", "skip"):
+        problems.append(f"learner.nonfinite must be stop or skip, got {learner.nonfinite!r}")
+    if cfg.torch_threads < 1:
+        problems.append(f"torch_threads must be >= 1, got {cfg.torch_threads}")
+    return problems
 
 
 def check_combination(cfg: DictConfig, estimator, baseline, surrogate: Surrogate) -> None:
@@ -69,6 +159,7 @@ def check_combination(cfg: DictConfig, estimator, baseline, surrogate: Surrogate
         problems.append("estimator=reward_to_go on segments must bootstrap the cut at the segment end from V(s), "
                         "but model.value_head=false: set model.value_head=true or collector.kind=episodes")
     problems += _numeric_problems(cfg, estimator, baseline)
+    problems += check_budgets(cfg, surrogate.needs_whole_episodes)
     if cfg.learner.epochs < 1 or cfg.learner.num_minibatches < 1:
         problems.append(f"learner.epochs and learner.num_minibatches must be >= 1, got {cfg.learner.epochs} and "
                         f"{cfg.learner.num_minibatches}")

@@ -25,7 +25,7 @@ from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, rms_s
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 
 __all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
-           "explained_variance"]
+           "explained_variance", "NonFiniteRolloutError", "check_rollout_finite"]
 
 
 @dataclass
@@ -140,6 +140,22 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
+class NonFiniteRolloutError(RuntimeError):
+    """The environment returned a NaN/inf observation or reward."""
+
+
+def check_rollout_finite(rollout: Rollout, env_steps: int) -> None:
+    """Refuse a rollout whose real rows hold a non-finite observation or reward, naming the first (t, env)."""
+    for name, values in (("observation", rollout.obs), ("reward", rollout.rewards)):
+        finite = torch.isfinite(values.reshape(*values.shape[:2], -1)).all(-1) | ~rollout.valid
+        if not bool(finite.all()):
+            t, env = (int(i) for i in torch.nonzero(~finite)[0])
+            raise NonFiniteRolloutError(
+                f"the environment returned a non-finite {name} at rollout step {t} of env {env} (after {env_steps} "
+                "env steps of training): fix the environment, or wrap it so it returns finite values "
+                "(env.normalize_obs=true clips observations but does not remove NaN)")
+
+
 class OnPolicyDataModule(L.LightningDataModule):
     """Owns the environments, the collector and the rollout-to-batch transform.
 
@@ -223,18 +239,28 @@ class OnPolicyDataModule(L.LightningDataModule):
         act, value = module.rollout_policy()
         with torch.inference_mode():
             rollout = self.collector.collect(act, value)
-            targets, advantages = compute_advantages(rollout, self.estimator, self.baseline, self.baseline_name)
+        check_rollout_finite(rollout, int(module.env_steps))
         valid = rollout.valid
         self.total_env_steps += rollout.num_transitions
+        episode_returns = torch.as_tensor(rollout.episode_returns, dtype=torch.float32)
+        episode_lengths = torch.as_tensor(rollout.episode_lengths, dtype=torch.float32)
+        if rollout.num_transitions == 0:
+            # only autoreset rows (e.g. every env ended on the previous rollout's last step): nothing to learn from;
+            # the module counts it (train/skipped_rollouts) and the epoch runs no update
+            nan = float("nan")
+            module.record_rollout(RolloutStats(0, episode_returns, episode_lengths, nan, nan, nan), None)
+            return DataLoader([[]], batch_size=None, collate_fn=_identity)
+        with torch.inference_mode():
+            targets, advantages = compute_advantages(rollout, self.estimator, self.baseline, self.baseline_name)
+        batch, episode_length = self._flatten(rollout, targets, advantages)
         module.record_rollout(RolloutStats(
             env_steps=rollout.num_transitions,
-            episode_returns=torch.as_tensor(rollout.episode_returns, dtype=torch.float32),
-            episode_lengths=torch.as_tensor(rollout.episode_lengths, dtype=torch.float32),
+            episode_returns=episode_returns,
+            episode_lengths=episode_lengths,
             explained_variance=explained_variance(rollout.values[valid], targets[valid]),
             advantage_mean=float(advantages[valid].mean()),
             advantage_std=float(advantages[valid].std()) if valid.sum() > 1 else 0.0,
-        ))
-        batch, episode_length = self._flatten(rollout, targets, advantages)
+        ), batch)
         dataset = _MinibatchDataset(batch, episode_length)
         sampler = MinibatchSampler(len(dataset), self.num_minibatches, self.update_epochs, self.generator,
                                    self.minibatches_per_step)

@@ -12,6 +12,7 @@ vector env accept, which is why it is the one used everywhere.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-__all__ = ["EnvConfig", "make_vector_env", "find_wrapper", "require_video_support", "run_episodes", "rms_state",
+__all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "check_observation_space", "find_wrapper",
+           "require_video_support", "run_episodes", "rms_state",
            "load_rms", "VECTORIZATIONS"]
 
 VECTORIZATIONS = ("auto", "native", "sync", "async")
@@ -40,6 +42,7 @@ class EnvConfig:
     clip_reward: float | None = 10.0
     clip_actions: bool = True
     max_episode_steps: int | None = None
+    flatten_obs: bool = False  # gymnasium's FlattenObservation: one-hot Discrete, flat Tuple/Dict/image observations
     kwargs: dict[str, Any] = field(default_factory=dict)
     record_video_dir: str | None = None  # eval only: record episodes with gymnasium's RecordVideo (needs moviepy)
 
@@ -54,7 +57,7 @@ def require_video_support(env_id: str | None = None) -> None:
     if env_id is not None:
         # rendering needs the env's own optional dependency (pygame for classic control, mujoco, ...)
         try:
-            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.make(resolve_env_id(env_id), render_mode="rgb_array")
             env.reset(seed=0)
             env.render()
             env.close()
@@ -82,10 +85,12 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
     Wrapper order (inner → outer): episode statistics on the *raw* rewards, action clipping (Box),
     observation normalisation + clip, reward normalisation + clip.
     """
+    env_id = resolve_env_id(cfg.id)
     try:
-        spec = gym.spec(cfg.id)
+        spec = gym.spec(env_id)
     except gym.error.Error as err:
-        raise ValueError(f"env.id={cfg.id!r} is not a registered gymnasium environment ({err})") from err
+        raise ValueError(f"env.id={cfg.id!r} is not a registered gymnasium environment ({err}); a custom env "
+                         "registered by your own module is selected as env.id=your_module:YourEnv-v0") from err
     mode = _resolve_mode(spec, vectorization or cfg.vectorization)
     n = num_envs or cfg.num_envs
     kwargs = dict(cfg.kwargs)
@@ -94,13 +99,16 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
     if cfg.record_video_dir is not None:
         kwargs["render_mode"] = "rgb_array"
-    envs = gym.make_vec(cfg.id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+    envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
     if cfg.record_video_dir is not None:
         envs = vw.RecordVideo(envs, cfg.record_video_dir, episode_trigger=lambda _: True, name_prefix="eval")
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
         raise ValueError(f"{cfg.id}'s vector env does not use next-step autoreset, which pglab's collector "
                          "relies on; use env.vectorization=sync")
     envs = vw.RecordEpisodeStatistics(envs)
+    if cfg.flatten_obs:
+        envs = vw.FlattenObservation(envs)
+    check_observation_space(envs.single_observation_space, cfg.id)
     if isinstance(envs.single_action_space, gym.spaces.Box) and cfg.clip_actions:
         envs = vw.ClipAction(envs)
     if cfg.normalize_obs if normalize_obs is None else normalize_obs:
@@ -113,6 +121,31 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
         if cfg.clip_reward is not None:
             envs = vw.ClipReward(envs, -float(cfg.clip_reward), float(cfg.clip_reward))
     return envs
+
+
+def resolve_env_id(env_id: str) -> str:
+    """gymnasium's ``module:EnvId`` syntax: import ``module`` (which registers the env), return ``EnvId``."""
+    if ":" not in env_id:
+        return env_id
+    module, name = env_id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(f"env.id={env_id!r}: cannot import module {module!r} ({err}); it must be importable "
+                         "(installed, or on PYTHONPATH) and register the env with gymnasium.register") from err
+    return name
+
+
+def check_observation_space(space: gym.Space, env_id: str) -> None:
+    """Refuse, naming the fix, an observation space that pglab's networks cannot read (they take a float Box)."""
+    if isinstance(space, gym.spaces.Box):
+        return
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary,
+                          gym.spaces.Tuple, gym.spaces.Dict)):
+        fix = "set env.flatten_obs=true (one-hot encodes Discrete parts, concatenates Tuple/Dict parts)"
+    else:
+        fix = "wrap the env so it returns a Box observation (pglab's networks take fixed-size float vectors)"
+    raise ValueError(f"{env_id} has observation space {space}, which pglab's networks cannot read: {fix}")
 
 
 def rms_state(rms) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -22,42 +21,14 @@ import torch
 from gymnasium.wrappers import vector as vw
 from omegaconf import DictConfig, OmegaConf
 
+from pglab.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
 from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, require_video_support, run_episodes
 from pglab.networks import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-__all__ = ["CheckpointError", "load_checkpoint", "build_checkpoint_policy", "make_eval_envs", "evaluate", "default_output_dir",
-           "main"]
-
-
-class CheckpointError(Exception):
-    """The checkpoint is missing, unreadable or not written by pglab training."""
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """``torch.load`` with ``weights_only=True``; falls back to full unpickling (with a notice) if that refuses."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        print(f"pglab.evaluate: {path} holds objects beyond tensors and plain values; loading it with full "
-              "unpickling (weights_only=False) — only do this with checkpoints from a trusted source", file=sys.stderr)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    config = (ckpt.get("pglab") or {}).get("config")
-    if not isinstance(config, dict) or "env" not in config or "model" not in config:
-        raise CheckpointError(f"{path} was not written by pglab training (no ckpt['pglab']['config'] with env and "
-                              "model sections)")
-    return ckpt
+__all__ = ["CheckpointError", "load_checkpoint", "build_checkpoint_policy", "make_eval_envs", "evaluate",
+           "default_output_dir", "main"]
 
 
 def _env_config(env: dict, **overrides) -> EnvConfig:
@@ -113,6 +84,7 @@ def evaluate(ckpt_path: str | Path, episodes: int = 10, num_envs: int = 4, seed:
     if video_dir is not None:
         require_video_support()
     ckpt = load_checkpoint(ckpt_path)
+    check_finite_weights(ckpt, ckpt_path)
     envs = make_eval_envs(ckpt, num_envs, video_dir)
     try:
         policy = build_checkpoint_policy(ckpt, envs)

@@ -27,9 +27,13 @@ class JobSummary(Callback):
     neither hides the others' results nor goes unnoticed."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.FAILED:
+        if job_return.status == JobStatus.FAILED:  # pglab.train catches its own failures; this is the backstop
             exc = job_return._return_value
-            mark_failed(job_return.working_dir or config.hydra.runtime.output_dir, f"{type(exc).__name__}: {exc}")
+            from hydra.core.hydra_config import HydraConfig
+
+            # the job's output folder, not its working directory (which is the launch folder: hydra.job.chdir=false)
+            output_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else job_return.working_dir
+            mark_failed(output_dir, f"{type(exc).__name__}: {exc}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -38,5 +42,8 @@ class JobSummary(Callback):
         print(f"pglab: multirun finished: {len(jobs) - len(failed)} of {len(jobs)} jobs succeeded ({sweep_dir})",
               file=sys.stderr)
         for job in failed:
-            print(f"pglab: job FAILED: {job.name}\n       {(job / FAILED_MARKER).read_text().strip()}",
+            first_line = (job / FAILED_MARKER).read_text().strip().splitlines()[0]
+            print(f"pglab: job FAILED: {job.name}\n       {first_line}\n       (details: {job / FAILED_MARKER})",
                   file=sys.stderr)
+        if failed:
+            sys.exit(1)  # a sweep with failed jobs is not a success, whatever the launcher

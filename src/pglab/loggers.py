@@ -1,15 +1,49 @@
-"""Weights & Biases without surprises: online only with credentials, never waiting on a missing network.
+"""Loggers without surprises.
 
-``wandb`` is imported lazily (it costs ~1 s of start-up) and only when the W&B logger is configured.
+W&B runs online only with credentials and a reachable server, and never waits on a missing network: an
+unreachable server is found in ``WANDB_PROBE_TIMEOUT`` seconds (a TCP connect) and the run goes offline with a
+one-line notice. ``wandb`` is imported lazily (it costs ~1 s of start-up) and only when the W&B logger is
+configured. The CSV logger appends to an existing ``metrics.csv`` (a run resumed into its own folder), where
+Lightning's deletes it.
 """
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import socket
+import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
-__all__ = ["wandb_logger", "resolve_wandb_mode", "finish_wandb", "sync_hint"]
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+__all__ = ["wandb_logger", "resolve_wandb_mode", "finish_wandb", "sync_hint", "CSVLogger", "wandb_reachable"]
+
+WANDB_PROBE_TIMEOUT = 3.0  # seconds: how long an online run may wait to learn the server is unreachable
+WANDB_INIT_TIMEOUT = 30.0  # seconds: wandb.init's own limit once the server answered (its default is 90)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing metrics.csv is continued (its header kept), not deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(next(csv.reader(file), []))
+
+
+class CSVLogger(_LightningCSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` that appends to ``<save_dir>/<name>/<version>/metrics.csv``."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def _has_credentials() -> bool:
@@ -34,18 +68,40 @@ def resolve_wandb_mode(mode: str | None) -> str:
     return mode
 
 
+def wandb_reachable(timeout: float = WANDB_PROBE_TIMEOUT) -> bool:
+    """Whether the W&B server ($WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection within ``timeout``."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str | None = None,
-                 mode: str | None = None, tags: list[str] | None = None):
-    """A Lightning WandbLogger whose mode never blocks on a missing network."""
+                 mode: str | None = None, tags: list[str] | None = None, id: str | None = None):
+    """A Lightning WandbLogger whose mode never blocks on a missing network.
+
+    ``id``: continue that W&B run (a resumed training run passes the id stored in its checkpoint)."""
     try:
         from lightning.pytorch.loggers import WandbLogger
     except ImportError as err:  # pragma: no cover - wandb is a core dependency
         raise ImportError("logger=wandb needs the wandb package: pip install wandb (or use logger=csv)") from err
     resolved = resolve_wandb_mode(mode)
+    if resolved == "online" and not wandb_reachable():
+        host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        print(f"pglab: W&B server {host} is unreachable; logging offline instead (upload later with wandb sync)",
+              file=sys.stderr)
+        resolved = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    import wandb
+
+    extra = {"id": id, "resume": "allow"} if id else {}
     return WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
-                       mode=resolved, tags=list(tags or []))
+                       mode=resolved, tags=list(tags or []),
+                       settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
 
 
 def sync_hint(save_dir: str) -> str | None:

@@ -9,7 +9,6 @@ of the learner.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections import defaultdict
@@ -22,9 +21,15 @@ from torch import Tensor
 
 from pglab.data import Batch, RolloutStats
 from pglab.networks import ActorCritic, ActOutput
-from pglab.surrogates import KLPenalty, Surrogate, SurrogateInput, value_loss
+from pglab.surrogates import Surrogate, SurrogateInput, value_loss
 
-__all__ = ["PolicyGradientModule"]
+__all__ = ["PolicyGradientModule", "NonFiniteError", "NONFINITE_MODES"]
+
+NONFINITE_MODES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced (or was fed) a NaN/inf; the message names what and where."""
 
 
 class PolicyGradientModule(L.LightningModule):
@@ -41,6 +46,9 @@ class PolicyGradientModule(L.LightningModule):
         reference_refresh_every: copy the policy into the frozen reference every M epochs (0: never after
             the start). Only used when the surrogate needs a reference (GRPO with β > 0).
         max_grad_norm: clip the global gradient norm of every update (None: no clipping).
+        nonfinite: what a non-finite loss or gradient does: ``stop`` the run (the default; the parameters of the
+            last finite update are kept and checkpointed) or ``skip`` that update and count it
+            (``train/skipped_updates``). Non-finite parameters always stop the run.
         lightning_optimizer: route updates through Lightning's optimizer wrappers (needed for mixed precision
             or multi-device strategies) instead of calling the torch optimizer directly.
     """
@@ -49,8 +57,10 @@ class PolicyGradientModule(L.LightningModule):
                  anneal_lr: bool = True, total_env_steps: int = 100_000, vf_coef: float = 0.5,
                  ent_coef: float = 0.0, value_clip: float | None = None, normalize_advantages: bool = True,
                  target_kl: float | None = None, reference_refresh_every: int = 0,
-                 max_grad_norm: float | None = 0.5, lightning_optimizer: bool = False) -> None:
+                 max_grad_norm: float | None = 0.5, nonfinite: str = "stop", lightning_optimizer: bool = False) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"learner.nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         self.save_hyperparameters(ignore=["policy", "surrogate"])
         self.automatic_optimization = False
         self.policy = policy
@@ -62,10 +72,19 @@ class PolicyGradientModule(L.LightningModule):
         self.updates = 0  # optimizer steps taken (equals trainer.global_step; kept for checkpoints and tests)
         self._epoch_stats: dict[str, list[Tensor]] = defaultdict(list)
         self.last_rollout: RolloutStats | None = None
+        self._rollout_batch: Batch | None = None  # the flat rollout, for the post-update KL
         self._stop_epoch = False
+        self.stop_signal: int | None = None  # set by a signal handler: stop at the next update boundary
+        self.skipped_updates = 0  # non-finite updates skipped (learner.nonfinite=skip)
+        self.skipped_rollouts = 0  # rollouts without a single real transition (nothing to learn from)
+        # linear LR annealing runs from (env step t0, lr fraction f0) to (total_env_steps, 0); a resumed run with
+        # another budget re-anchors at its resume point, so the schedule continues instead of jumping
+        self.lr_anchor = (0, 1.0)
         self._start_time: float | None = None
         self._start_steps = 0
         self.run_config: dict | None = None  # the resolved Hydra config, saved in checkpoints (evaluate, resume)
+        self.run_choices: dict | None = None  # the Hydra group choices (algo=..., env=...), for resume's messages
+        self.wandb_id: str | None = None  # the W&B run a resumed run continues
 
     # -- the collection interface (called by the DataModule) ----------------------------------------
     def rollout_policy(self) -> tuple[Callable[[Tensor], ActOutput], Callable[[Tensor], Tensor]]:
@@ -83,9 +102,13 @@ class PolicyGradientModule(L.LightningModule):
 
         return act, value
 
-    def record_rollout(self, stats: RolloutStats) -> None:
+    def record_rollout(self, stats: RolloutStats, batch: Batch | None = None) -> None:
+        """What one rollout measured, and its flat batch (None when it held no real transition)."""
         self.last_rollout = stats
+        self._rollout_batch = batch
         self.env_steps += stats.env_steps
+        if batch is None:
+            self.skipped_rollouts += 1
 
     # -- checkpoints: everything a resumed run needs beyond the state_dict and the optimiser ---------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -94,14 +117,29 @@ class PolicyGradientModule(L.LightningModule):
         version, internal, gauss = random.getstate()
         checkpoint["pglab"] = {
             "config": self.run_config,
+            "choices": self.run_choices,
+            "wandb_id": self.wandb_id,
             "updates": self.updates,
+            "lr_anchor": list(self.lr_anchor),
+            "total_env_steps": int(self.hparams.total_env_steps),
+            "skipped": [self.skipped_updates, self.skipped_rollouts],
             "rng": {"torch": torch.get_rng_state(),
                     "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
                     "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.updates = checkpoint.get("pglab", {}).get("updates", 0)
+        payload = checkpoint.get("pglab", {})
+        self.updates = payload.get("updates", 0)
+        self.skipped_updates, self.skipped_rollouts = payload.get("skipped", (0, 0))
+        t0, f0 = payload.get("lr_anchor", (0, 1.0))
+        old_total = payload.get("total_env_steps", checkpoint.get("hyper_parameters", {}).get("total_env_steps"))
+        steps = int(checkpoint.get("state_dict", {}).get("env_steps", 0))
+        if old_total is not None and int(old_total) != int(self.hparams.total_env_steps):
+            # another budget: continue from the LR the old schedule had reached, down to 0 at the new total
+            self.lr_anchor = (steps, self._lr_fraction(steps, int(t0), float(f0), int(old_total)))
+        else:
+            self.lr_anchor = (int(t0), float(f0))
         rng = checkpoint.get("pglab", {}).get("rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])
@@ -115,15 +153,24 @@ class PolicyGradientModule(L.LightningModule):
         # the fused kernel is ~4× faster than the default for these small networks (CPU and CUDA alike)
         return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)
 
+    @staticmethod
+    def _lr_fraction(steps: int, t0: int, f0: float, total: int) -> float:
+        """Linear decay from fraction f0 at env step t0 to 0 at ``total``."""
+        if total <= t0:
+            return 0.0
+        return max(0.0, f0 * (total - steps) / (total - t0))
+
     def on_train_epoch_start(self) -> None:
         self._stop_epoch = False
         if self._start_time is None:
             self._start_time, self._start_steps = time.perf_counter(), int(self.env_steps)
         if self.hparams.anneal_lr:
             # linear decay by env steps (epochs have no fixed size under the episode collector)
-            frac = max(0.0, 1.0 - float(self.env_steps) / max(self.hparams.total_env_steps, 1))
+            frac = self._lr_fraction(int(self.env_steps), *self.lr_anchor, int(self.hparams.total_env_steps))
             for group in self.optimizers().param_groups:
                 group["lr"] = self.hparams.lr * frac
+        # the parameters at the start of the rollout's updates: what a non-finite parameter rolls back to
+        self._finite_snapshot = None
         if self.reference is not None and self.hparams.reference_refresh_every > 0 \
                 and self.current_epoch > 0 and self.current_epoch % self.hparams.reference_refresh_every == 0:
             self.reference.load_state_dict(self.policy.state_dict())
@@ -139,31 +186,76 @@ class PolicyGradientModule(L.LightningModule):
         """
         optimizer = self.optimizers()
         max_norm = self.hparams.max_grad_norm
+        params = [p for p in self.policy.parameters() if p.requires_grad]
         for batch in minibatches:
-            if self._stop_epoch:
-                break
+            if self._stop_epoch or self.stop_signal is not None:
+                break  # target-KL early stop, or SIGTERM/SIGINT: stop at this update boundary
+            if self._finite_snapshot is None:
+                self._finite_snapshot = [p.detach().clone() for p in params]
             loss = self.minibatch_loss(batch)
             if self.hparams.lightning_optimizer:
                 # through Lightning: precision plugins, strategy hooks, trainer.global_step
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
-                if max_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
-                optimizer.step()
+                grad_norm = self._grad_norm(params, max_norm)
+                if self._update_is_finite(loss, grad_norm):
+                    optimizer.step()
             else:
                 # the torch optimizer directly: ~0.5 ms less per update (11% of a CartPole PPO run);
                 # start-up validation allows it only at 32-bit precision on a single device
                 torch_optimizer = optimizer.optimizer
                 torch_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if max_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm, foreach=True)
-                torch_optimizer.step()
+                grad_norm = self._grad_norm(params, max_norm)
+                if self._update_is_finite(loss, grad_norm):
+                    torch_optimizer.step()
                 # keep trainer.global_step counting updates: checkpointing and max_steps rely on it
                 step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
                 step_progress.increment_ready()
                 step_progress.increment_completed()
             self.updates += 1
+        self._check_parameters(params)
+
+    @staticmethod
+    def _grad_norm(params: list[Tensor], max_norm: float | None) -> Tensor:
+        """The global gradient norm before clipping (clipping to ``max_norm`` when set)."""
+        if max_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    def _update_is_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
+        """False (skip) or NonFiniteError (stop) when the loss or the gradient is NaN/inf; one host sync."""
+        if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+            return True
+        what = "loss" if not torch.isfinite(loss.detach()) else "gradient"
+        where = f"update {self.updates + 1} (epoch {self.current_epoch}, env step {int(self.env_steps)})"
+        if self.hparams.nonfinite == "skip":
+            self.skipped_updates += 1
+            return False
+        raise NonFiniteError(
+            f"non-finite {what} ({float(loss.detach()):g} loss, {float(grad_norm):g} gradient norm) at {where}; the update "
+            "was not applied. Lower learner.lr, set learner.max_grad_norm, check the env's rewards and "
+            "observations — or set learner.nonfinite=skip to skip such updates and count them")
+
+    def _check_parameters(self, params: list[Tensor]) -> None:
+        """After a rollout's updates: a non-finite parameter rolls back to the rollout's start and stops."""
+        if not params or self._finite_snapshot is None:
+            return
+        norms = torch.stack(torch._foreach_norm([p.detach() for p in params]))
+        if bool(torch.isfinite(norms).all()):
+            return
+        names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
+        bad = [names[i] for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist()]
+        with torch.no_grad():
+            for p, saved in zip(params, self._finite_snapshot, strict=True):
+                p.copy_(saved)
+        raise NonFiniteError(
+            f"non-finite parameters ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}) after the updates of "
+            f"epoch {self.current_epoch} (env step {int(self.env_steps)}): the weights were rolled back to the "
+            "rollout's start. Lower learner.lr or set learner.max_grad_norm")
 
     def minibatch_loss(self, batch: Batch) -> Tensor:
         """surrogate + c_v·value loss − c_e·entropy on one minibatch; records the diagnostics."""
@@ -180,7 +272,7 @@ class PolicyGradientModule(L.LightningModule):
             with torch.no_grad():
                 logp_ref = self.reference.evaluate(batch.obs, batch.actions).logp
         kl_old_new = self.policy.kl(batch.dist_params_old, out.dist_params) \
-            if isinstance(self.surrogate, KLPenalty) else None
+            if self.surrogate.needs_analytic_kl else None
         surrogate = self.surrogate(SurrogateInput(
             logp=out.logp, logp_old=batch.logp_old, advantages=advantages, mask=mask,
             episode_ids=batch.episode_ids, num_episodes=batch.num_episodes, logp_ref=logp_ref,
@@ -198,14 +290,30 @@ class PolicyGradientModule(L.LightningModule):
             self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
         return loss
 
+    @torch.no_grad()
+    def post_update_kl(self) -> float | None:
+        """E[KL(π_old ‖ π_θ)] over the rollout's real rows with the updated θ (analytic, from the policy head)."""
+        batch = self._rollout_batch
+        if batch is None or self.updates == 0:
+            return None
+        out = self.policy.evaluate(batch.obs, batch.actions)
+        kl = self.policy.kl(batch.dist_params_old, out.dist_params)
+        return float((kl * batch.mask).sum() / batch.mask.sum().clamp_min(1.0))
+
     def on_train_epoch_end(self) -> None:
         metrics: dict[str, float] = {}
         for key, values in self._epoch_stats.items():
             metrics[f"train/{key}"] = float(torch.stack(values).float().mean())
         self._epoch_stats.clear()
-        if isinstance(self.surrogate, KLPenalty) and "train/approx_kl" in metrics:
-            self.surrogate.update_beta(metrics["train/approx_kl"])
-            metrics["train/beta"] = float(self.surrogate.beta)
+        kl = self.post_update_kl()
+        if kl is not None:
+            # the adaptive-β rule (PPO paper §4) uses d = E[KL(π_old ‖ π_θ)] after the rollout's updates;
+            # train/approx_kl is the mean of per-minibatch estimates taken *before* each update
+            metrics["train/kl_post_update"] = kl
+            for key, value in self.surrogate.after_rollout(kl).items():
+                metrics[f"train/{key}"] = value
+        metrics["train/skipped_updates"] = float(self.skipped_updates)
+        metrics["train/skipped_rollouts"] = float(self.skipped_rollouts)
         if self.last_rollout is not None:
             r = self.last_rollout
             if r.episode_returns.numel() > 0:
@@ -219,8 +327,7 @@ class PolicyGradientModule(L.LightningModule):
         elapsed = time.perf_counter() - (self._start_time or time.perf_counter())
         if elapsed > 0:
             metrics["perf/sps"] = (int(self.env_steps) - self._start_steps) / elapsed
-        metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-        self.emit_metrics(metrics)
+        self.emit_metrics(metrics)  # NaN included: a NaN metric is information, not something to drop
 
     _PROGRESS_BAR_KEYS = ("rollout/episode_return", "env_steps", "perf/sps")
 

@@ -115,12 +115,15 @@ class Surrogate(nn.Module):
     """Base class. Subclasses define ``per_token`` (or override ``forward``).
 
     Class attributes tell the training system what the surrogate needs, so impossible combinations are
-    refused at start-up: ``needs_whole_episodes`` (minibatches made of whole episodes) and
-    ``needs_reference`` (a frozen reference policy).
+    refused at start-up and nothing outside branches on a surrogate's class: ``needs_whole_episodes``
+    (minibatches made of whole episodes), ``needs_reference`` (a frozen reference policy) and
+    ``needs_analytic_kl`` (the per-row KL(π_old ‖ π_θ) in ``SurrogateInput.kl_old_new``). ``after_rollout``
+    is called once per rollout with the post-update KL, for whatever the surrogate adapts (β).
     """
 
     needs_whole_episodes = False
     needs_reference = False
+    needs_analytic_kl = False
     default_aggregation = "token_mean"
 
     def __init__(self, aggregation: str | None = None, constant_length: float | None = None) -> None:
@@ -137,6 +140,12 @@ class Surrogate(nn.Module):
 
     def per_token(self, batch: SurrogateInput, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def after_rollout(self, kl_post_update: float) -> dict[str, float]:
+        """Once per rollout, after its last update: adapt coefficients; returns what to log (``train/<key>``).
+
+        ``kl_post_update`` is E[KL(π_old ‖ π_θ)] over the rollout's real rows with the updated θ."""
+        return {}
 
     def forward(self, batch: SurrogateInput) -> SurrogateOutput:
         _check_input(batch)
@@ -192,6 +201,8 @@ class KLPenalty(Surrogate):
     β is a buffer, so it is saved in checkpoints with the module that owns this surrogate.
     """
 
+    needs_analytic_kl = True
+
     def __init__(self, beta: float = 1.0, adaptive: bool = True, target_kl: float = 0.01,
                  aggregation: str | None = None, constant_length: float | None = None) -> None:
         super().__init__(aggregation, constant_length)
@@ -201,6 +212,10 @@ class KLPenalty(Surrogate):
         self.adaptive = adaptive
         self.target_kl = target_kl
         self.register_buffer("beta", torch.tensor(float(beta)))
+
+    def after_rollout(self, kl_post_update: float) -> dict[str, float]:
+        self.update_beta(kl_post_update)
+        return {"beta": float(self.beta)}
 
     def per_token(self, batch, ratio):
         if batch.kl_old_new is not None:

@@ -1,12 +1,20 @@
 """Hydra entry point: ``python -m pglab.train [overrides]`` (or ``pglab-train``).
 
-compose config → validate the combination → DataModule (envs) → networks → LightningModule → Trainer.fit.
+compose config → (resume: the checkpoint's algorithm, env and model) → validate → DataModule (envs) → networks →
+LightningModule → Trainer.fit.
+
+Exit codes: 0 done (or nothing left to do), 2 refused at start-up, 3 stopped on a non-finite value, 130 / 143
+stopped by SIGINT / SIGTERM (after saving a checkpoint), 1 anything else.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import sys
+import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +30,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from pglab.baselines import BASELINES
 from pglab.callbacks import EvalCallback, SolveTracker
-from pglab.checks import ConfigError, check_combination, component_name
-from pglab.data import OnPolicyDataModule
+from pglab.checkpoints import CheckpointError, load_checkpoint, resume_config
+from pglab.checks import ConfigError, check_combination, check_types, component_name
+from pglab.data import NonFiniteRolloutError, OnPolicyDataModule
 from pglab.envs import EnvConfig, require_video_support
 from pglab.hydra_callbacks import mark_failed
 from pglab.loggers import finish_wandb, sync_hint
-from pglab.module import PolicyGradientModule
+from pglab.module import NonFiniteError, PolicyGradientModule
 from pglab.networks import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-__all__ = ["main", "build", "EnvStepBudget", "CONFIG_DIR"]
+__all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
+
+EXIT_REFUSED, EXIT_NONFINITE = 2, 3
 
 
 class EnvStepBudget(L.Callback):
@@ -46,6 +57,44 @@ class EnvStepBudget(L.Callback):
             trainer.should_stop = True
 
 
+class GracefulStop(L.Callback):
+    """SIGTERM and SIGINT stop training at the next update boundary instead of killing it.
+
+    The handler only records the signal; the module finishes the update it is in and skips the rest of the
+    rollout, the epoch ends normally (metrics logged), and ``run`` saves ``last.ckpt``, flushes the loggers, says
+    where, and exits 128 + signal (143 / 130) so a scheduler sees the job did not finish. Lightning's own SIGTERM
+    handling exits 0 without a word; these handlers replace it (registered after it, at train start). A second
+    signal of the same kind is not graceful: it ends the process at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (joblib threads, notebooks)
+
+        def handle(signum, frame) -> None:
+            module.stop_signal = signum
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+
+        for signum in self.SIGNALS:
+            self.previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handle)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        if module.stop_signal is not None:
+            trainer.should_stop = True
+
+    def teardown(self, trainer: L.Trainer, module: PolicyGradientModule, stage: str) -> None:
+        for signum, handler in self.previous.items():
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signum, handler)
+        self.previous.clear()
+
+
 @dataclass
 class Run:
     trainer: L.Trainer
@@ -54,8 +103,9 @@ class Run:
     cfg: DictConfig
 
 
-def build(cfg: DictConfig) -> Run:
+def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
     """Everything ``fit`` needs, validated before any environment steps."""
+    check_types(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(int(cfg.torch_threads))
     try:
@@ -65,9 +115,6 @@ def build(cfg: DictConfig) -> Run:
     except InstantiationException as err:  # e.g. a negative clip range: the component's own ValueError
         raise ConfigError(f"this configuration cannot run:\n  - {err.__cause__ or err}") from err
     check_combination(cfg, estimator, baseline, surrogate)
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: pass a .ckpt file, e.g. "
-                          "outputs/<algo>/<time>/checkpoints/last.ckpt")
     if cfg.eval.enabled and cfg.eval.video:
         try:
             require_video_support(cfg.env.id)
@@ -95,19 +142,24 @@ def build(cfg: DictConfig) -> Run:
         policy, surrogate, lr=u.lr, adam_eps=u.adam_eps, anneal_lr=u.anneal_lr, total_env_steps=cfg.total_env_steps,
         vf_coef=u.vf_coef, ent_coef=u.ent_coef, value_clip=u.value_clip, normalize_advantages=u.normalize_advantages,
         target_kl=u.target_kl, reference_refresh_every=u.reference_refresh_every, max_grad_norm=u.max_grad_norm,
-        lightning_optimizer=u.lightning_optimizer)
+        nonfinite=u.nonfinite, lightning_optimizer=u.lightning_optimizer)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if HydraConfig.initialized():
+        module.run_choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
+                              if isinstance(v, str) and not k.startswith("hydra")}
 
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
-        logger = instantiate(logger_cfg)
+        is_wandb = str(logger_cfg.get("_target_", "")).endswith("wandb_logger")
+        logger = instantiate(logger_cfg, **({"id": wandb_id} if is_wandb and wandb_id else {}))
         logger.log_hyperparams(module.run_config)
         if type(logger).__name__ == "WandbLogger":
             # plot every metric against env steps, not optimizer steps
             logger.experiment.define_metric("env_steps")
             logger.experiment.define_metric("*", step_metric="env_steps")
+            module.wandb_id = logger.experiment.id  # a resumed run continues this W&B run
         loggers.append(logger)
-    callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20)]
+    callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20), GracefulStop()]
     out = Path(cfg.paths.output_dir)
     if cfg.eval.enabled:
         video_dir = str(out / "videos") if cfg.eval.video else None
@@ -135,37 +187,98 @@ def build(cfg: DictConfig) -> Run:
     return Run(trainer, module, datamodule, cfg)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train one configuration; returns the final logged metrics (floats)."""
+def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """For ``ckpt_path=...``: the checkpoint (loaded weights-only) and the config to resume with — the
+    checkpoint's algorithm, env and model, this command line's budget, logging, eval and checkpoint settings."""
+    if cfg.ckpt_path is None:
+        return cfg, None
     try:
-        r = build(cfg)
-        r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path)
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        payload = ckpt["pglab"]
+        merged = resume_config(OmegaConf.to_container(cfg, resolve=True), payload["config"], overrides,
+                               payload.get("choices"))
+    except CheckpointError as err:
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
+    resumed = OmegaConf.create(merged)
+    OmegaConf.set_struct(resumed, True)
+    return resumed, ckpt
+
+
+def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
+    """Train one configuration; returns the final logged metrics (floats) and the exit code (0, or 128 + signal)."""
+    try:
+        cfg, ckpt = prepare_resume(cfg)
+        out = Path(cfg.paths.output_dir)
+        wandb_id = None
+        if ckpt is not None:
+            steps = int(ckpt["state_dict"].get("env_steps", 0))
+            if steps >= cfg.total_env_steps:
+                print(f"pglab: {cfg.ckpt_path} is a finished run ({steps} env steps >= total_env_steps="
+                      f"{cfg.total_env_steps}); nothing to do. To train on, raise total_env_steps")
+                return {}, 0
+            wandb_id = ckpt["pglab"].get("wandb_id")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "resumed_from.json").write_text(json.dumps(
+                {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env_steps": steps, "wandb_id": wandb_id}) + "\n")
+            print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "
+                  f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
+            del ckpt
+        r = build(cfg, wandb_id=wandb_id)
+        # weights_only: a checkpoint is data, never code (see pglab.checkpoints)
+        r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        last = out / "checkpoints" / "last.ckpt"
         if cfg.checkpoint.enabled and not r.trainer.interrupted:
             # the periodic checkpoints may predate the last epoch: last.ckpt is always the final state
-            r.trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+            r.trainer.save_checkpoint(last)
+        for logger in r.trainer.loggers:
+            logger.save()
         metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
-        out = Path(cfg.paths.output_dir)
         steps = int(r.module.env_steps)
-        print(f"pglab: {steps} env steps, last mean episode return "
-              f"{metrics.get('rollout/episode_return', math.nan):.1f}; outputs in {out}")
+        code = 0
+        if r.module.stop_signal is not None:
+            code = 128 + int(r.module.stop_signal)
+            name = signal.Signals(r.module.stop_signal).name
+            saved = f"checkpoint {last}; resume: python -m pglab.train ckpt_path={last}" if cfg.checkpoint.enabled \
+                else "no checkpoint (checkpoint.enabled=false)"
+            print(f"pglab: stopped by {name} at {steps} env steps; metrics flushed; {saved}", file=sys.stderr)
+        else:
+            print(f"pglab: {steps} env steps, last mean episode return "
+                  f"{metrics.get('rollout/episode_return', math.nan):.1f}; outputs in {out}")
         hint = sync_hint(str(out))
         if hint:
             print(f"pglab: W&B ran offline; to upload: {hint}")
-        return metrics
+        return metrics, code
     finally:
         finish_wandb()
+
+
+def _fail(cfg: DictConfig, message: str, detail: str, code: int) -> None:
+    """Report a failed run: one line (or a refusal) on stderr; under multirun a FAILED file and the sweep goes on."""
+    print(f"pglab: {message}", file=sys.stderr)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        mark_failed(cfg.paths.output_dir, detail)  # the other jobs go on; the sweep summary names this one
+        return
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics = run(cfg)
+        metrics, code = run(cfg)
     except ConfigError as err:
-        print(f"pglab: {err}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            mark_failed(cfg.paths.output_dir, f"ConfigError: {err}")  # the other jobs go on
-            return None
-        sys.exit(2)
+        return _fail(cfg, str(err), f"ConfigError: {err}", EXIT_REFUSED)
+    except (NonFiniteError, NonFiniteRolloutError) as err:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        kept = f"; the last finite state is in {last}" if cfg.checkpoint.enabled and last.exists() else ""
+        return _fail(cfg, f"stopped: {err}{kept}", f"{type(err).__name__}: {err}\n{traceback.format_exc()}",
+                     EXIT_NONFINITE)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        return _fail(cfg, f"job failed: {type(err).__name__}: {err}", traceback.format_exc(), 1)
+    if code:
+        sys.exit(code)
     # the objective for sweepers (Optuna maximises it): the running mean of the last 20 episodes
     return metrics.get("rollout/return_mean20", metrics.get("rollout/episode_return"))
 

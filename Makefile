@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 EXTRAS ?= dev,plot,launchers
 ARGS ?=
 
-.PHONY: help install train test lint bench clean
+.PHONY: help install train test lint bench ladder clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: install  ## ruff
 bench: install  ## speed + learning benchmarks (writes benchmarks/results/)
 	$(BIN)/pip install -q -e ".[$(EXTRAS),bench]"
 	$(BIN)/python benchmarks/run_all.py $(ARGS)
+
+ladder: install  ## every rung on CartPole + Acrobot, 5 seeds, docs/ladder.md (hours; reduced: ARGS="--steps 50000 --seeds 2 --envs cartpole")
+	$(BIN)/python benchmarks/ladder.py $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

@@ -254,6 +254,13 @@ def observations(rows: list[Row]) -> list[str]:
         lines.append(f"- **{env_id}**: best rung {best.rung.name} ({best.iqm:.1f}), worst {worst.rung.name} "
                      f"({worst.iqm:.1f})." + "".join(f" {p[0].upper()}{p[1:]}." for p in parts))
         ks = [er[n] for n in ("05_nstep_k1", "06_nstep_k5", "07_nstep_k20") if n in er]
+        gae_rungs = [er[n] for n in ("08_gae_lam0", "09_gae_lam0.9", "10_gae_lam0.95", "11_gae_lam1") if n in er]
+        for name, rs in (("k", ks), ("λ", gae_rungs)):
+            if len(rs) >= 2:
+                up = all(a.iqm <= b.iqm for a, b in zip(rs, rs[1:], strict=False))
+                scores = (" ≤ " if up else ", ").join(f"{r.iqm:.1f}" for r in rs)
+                trend = "rises monotonically" if up else "does not rise monotonically"
+                lines.append(f"- {env_id}: the final score {trend} with {name} ({scores}).")
         lams = [er[n] for n in ("08_gae_lam0", "09_gae_lam0.9", "10_gae_lam0.95", "11_gae_lam1") if n in er]
         if ks:
             lines.append(f"- {env_id}, k-step: " + ", ".join(f"k={r.rung.name.rsplit('k', 1)[1]}: {r.iqm:.1f} "
@@ -264,24 +271,44 @@ def observations(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _series(results: dict, estimator: str, baseline: str = "value") -> list[dict]:
+    return sorted((r for r in results.values() if r["estimator"] == estimator and r["baseline"] == baseline),
+                  key=lambda r: r["param"])
+
+
 def probe_summary(probe_dir: Path) -> list[str]:
+    """Per checkpoint: variance and bias (in units of the noise floor) at the ends of the k and λ grids."""
     data = json.loads((probe_dir / "probe.json").read_text())
     lines = []
     for ck in data["checkpoints"]:
-        results = {r["config"]: r for r in ck["results"] if not r.get("skipped")}
+        res = {r["config"]: r for r in ck["results"]}
+        ref = ck["reference"]
+        head = (f"- **{ck['label']}** ({ck['env_steps']:,} env steps trained; the probe's episodes return "
+                f"{ck['episode_return_mean']:.0f}; reference {ref['config']}, relative standard error "
+                f"{ref['relative_standard_error']:.2f}).")
         bits = []
-        for name in ("return/none", "reward_to_go/none", "reward_to_go/value", "gae(lam=0)/value",
-                     "gae(lam=0.95)/value", "nstep(k=1)/value"):
-            if name in results:
-                r = results[name]
-                bits.append(f"{name}: var {r['variance']:.3g}, cos {r['cosine']:.2f}")
-        lines.append(f"- {ck['label']} ({ck['env_steps']} env steps trained, episode return "
-                     f"{ck['episode_return_mean']:.0f}): " + "; ".join(bits) + ".")
+        mc = [n for n in ("return/none", "reward_to_go/none", "reward_to_go/mean", "reward_to_go/value") if n in res]
+        if mc:
+            bits.append("Monte-Carlo variance " + " → ".join(f"{n} {res[n]['variance']:.3g}" for n in mc))
+        for est, sym in (("nstep", "k"), ("gae", "λ")):
+            ser = _series(res, est)
+            if len(ser) >= 2:
+                lo, hi = ser[0], ser[-1]
+                bits.append(f"{est} − V: variance {lo['variance']:.3g} at {sym}={lo['param']:g} vs "
+                            f"{hi['variance']:.3g} at {sym}={hi['param']:g}; ‖mean − ref‖ = "
+                            f"{lo['bias'] / lo['noise_floor']:.1f} vs {hi['bias'] / hi['noise_floor']:.1f} "
+                            "noise floors, "
+                            f"cosine {lo['cosine']:.2f} vs {hi['cosine']:.2f}")
+        lines.append(head + " " + "; ".join(bits) + ".")
+        if ref["relative_standard_error"] > 0.3:
+            lines.append(f"  The reference itself is noise-dominated here (relative standard error "
+                         f"{ref['relative_standard_error']:.2f}): cosines near it mean little; a bias many "
+                         "noise floors wide still does. A larger --probe-reference-steps sharpens it.")
     return lines
 
 
 def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, Path], sweep_dir: Path,
-                 wall: float | None, reduced: bool) -> None:
+                 wall: dict[str, float], reduced: bool) -> None:
     out = args.out
     rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
     full_cmd = "make ladder   # = python benchmarks/ladder.py --steps 300000 --seeds 5 --envs cartpole acrobot"
@@ -296,8 +323,9 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
                   "run), run on a shared 2-core CPU. With this few seeds and steps the CIs are wide and the late "
                   "rungs have not converged: read it as a smoke test of the study, not as its result. The full study:",
                   ">", f"> `{full_cmd}`", ""]
-    lines += [f"Command: `{this_cmd}`" + (f" — wall time {wall / 60:.1f} min (training sweep + aggregation + probe)."
-                                          if wall == wall else "."), "",
+    lines += [f"Command: `{this_cmd}`.", "",
+              "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items()) + "; total "
+              f"{sum(wall.values()) / 60:.1f} min.", "",
               f"Sweep folder: `{os.path.relpath(sweep_dir, ROOT)}` (one job per rung × env × seed; "
               "`conf/experiment/ladder_*.yaml` there are the generated rung configs).", "",
               "Score per run = mean of `rollout/return_mean20` (the mean return of the last 20 training episodes, "
@@ -320,8 +348,13 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
                   "The seed-0 PPO-clip run's snapshots (early / middle / late), the policy frozen; per configuration "
                   f"M = {args.probe_batches} independent batches of {args.probe_batch_steps} env steps, and a "
                   f"reference gradient from {args.probe_reference_steps:,} env steps of Monte-Carlo reward-to-go "
-                  "(see `src/pglab/probe.py` for the definitions). `var` is the trace of the covariance of the "
-                  "batch gradients, `cos` the cosine of their mean with the reference.", ""]
+                  "minus V (see `src/pglab/probe.py` for the definitions). Variance = trace of the covariance of "
+                  "the batch gradients; bias = ‖mean of the M gradients − reference‖, given in noise floors "
+                  "(√(var/M + var_ref/M_ref), what an unbiased estimator shows): well above 1 means a real bias. "
+                  "The probe's numbers describe one frozen policy each, not training. Every batch starts from fresh "
+                  "resets: for a policy that balances for 500 steps, a batch of 2,048 steps over 8 envs is the first "
+                  "256 steps of 8 episodes, whose reward-to-go (γ = 0.98) is ≈ 50 at every row — the gradient there "
+                  "is tiny and a batch-mean baseline removes nearly all of it.", ""]
         for env_id, d in probes.items():
             lines += [f"### {env_id}", "", *probe_summary(d), "",
                       f"Full table: [{rel(d / 'probe.md')}]({rel(d / 'probe.md')}).", "",
@@ -336,22 +369,27 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rungs = select_rungs(args.rungs)
     sweep_dir = args.sweep_dir or ROOT / "multirun" / time.strftime("ladder-%Y-%m-%d_%H-%M-%S")
-    start = time.perf_counter()
     if not args.skip_train:
         train(args, rungs, sweep_dir)
-        train_wall = 0.0  # already inside the wall clock started above
     elif not sweep_dir.is_dir():
         sys.exit(f"ladder: --skip-train needs an existing --sweep-dir, got {sweep_dir}")
-    else:  # the sweep's own training time, recorded when it ran
-        wall_file = sweep_dir / "train_wall_s.txt"
-        train_wall = float(wall_file.read_text()) if wall_file.is_file() else float("nan")
+    wall_file = sweep_dir / "train_wall_s.txt"
+    wall = {"training sweep": float(wall_file.read_text()) if wall_file.is_file() else float("nan")}
+    start = time.perf_counter()
     runs = load_runs(sweep_dir)
     if not runs:
         sys.exit(f"ladder: no finished runs with {METRIC} under {sweep_dir}")
     fig_dir = args.out.parent / args.out.stem
     rows, figures = aggregate(runs, rungs, fig_dir)
-    probes = {} if args.no_probe else run_probe(args, runs, sweep_dir, fig_dir)
-    wall = train_wall + time.perf_counter() - start
+    wall["aggregation"] = time.perf_counter() - start
+    if args.no_probe:  # keep (and report) probe results a previous invocation left
+        probes = {json.loads((d / "probe.json").read_text())["checkpoints"][0]["env_id"]: d
+                  for d in sorted(fig_dir.glob("probe-*")) if (d / "probe.json").is_file()}
+    else:
+        probes = run_probe(args, runs, sweep_dir, fig_dir)
+    if probes:
+        wall["probe"] = sum(ck["seconds"] for d in probes.values()
+                            for ck in json.loads((d / "probe.json").read_text())["checkpoints"])
     reduced = (args.steps < 300_000 or args.seeds < 5 or set(args.envs) != set(ENV_IDS) or len(rungs) < len(RUNGS))
     write_report(args, rows, figures, probes, sweep_dir, wall, reduced)
     (fig_dir / "ladder.json").write_text(json.dumps(

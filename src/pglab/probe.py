@@ -38,8 +38,8 @@ does; the reference always reads the tail.
 
 Plus, per checkpoint, the reference's norm, per-batch variance and relative standard error, the env steps the
 checkpoint was trained for and the mean return of the episodes the probe saw; plots ``variance_vs_k.png`` and
-``variance_vs_lambda.png`` (variance, and bias beside its noise floor, against k and λ, value baseline, one line per checkpoint;
-matplotlib from the ``plot`` extra, imported only when drawing).
+``variance_vs_lambda.png`` (variance, and bias beside its noise floor, against k and λ, value baseline, one line per
+checkpoint; matplotlib from the ``plot`` extra, imported only when drawing).
 
 **Cost.** Per checkpoint, (M + M_ref) batches, each ``batch_steps`` env steps plus its tail (up to ``num_envs`` ×
 the env's time limit; ≈ 0 for a policy with short episodes, ≈ 4,000 steps for a CartPole policy that balances for
@@ -73,9 +73,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from pglab.baselines import BASELINES
+from pglab.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
 from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env
 from pglab.estimators import ESTIMATORS
-from pglab.evaluate import CheckpointError, build_checkpoint_policy, load_checkpoint
+from pglab.evaluate import build_checkpoint_policy
 from pglab.networks import CategoricalHead, GaussianHead
 from pglab.rollout import Rollout, SegmentCollector
 
@@ -83,7 +84,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 PLOT_MISSING = "plots need matplotlib: pip install 'pglab[plot]' (or pass plots=false)"
 
 __all__ = ["Configuration", "configurations", "find_checkpoints", "make_probe_envs", "collect_batch",
-           "batch_gradients", "summarize", "probe_checkpoint", "main"]
+           "policy_parameters", "advantages_for", "batch_gradients", "summarize", "probe_checkpoint", "main"]
 
 
 # -- what is probed -----------------------------------------------------------------------------------------------
@@ -141,7 +142,9 @@ def find_checkpoints(run_dir: str | Path, count: int = 3) -> list[tuple[str, Pat
     snaps = sorted(((int(m.group(1)), p) for p in ckpt_dir.glob("snapshot-epoch=*.ckpt")
                     if (m := _SNAPSHOT.search(p.name))), key=lambda x: x[0])
     if snaps:
-        idx = sorted(set(np.round(np.linspace(0, len(snaps) - 1, min(count, len(snaps)))).astype(int).tolist()))
+        count = max(1, min(count, len(snaps)))
+        idx = [len(snaps) - 1] if count == 1 else \
+            sorted(set(np.round(np.linspace(0, len(snaps) - 1, count)).astype(int).tolist()))
         names = {1: ["late"], 2: ["early", "late"], 3: ["early", "middle", "late"]}.get(len(idx))
         return [(names[i] if names else f"snapshot {i + 1}/{len(idx)}", snaps[j][1]) for i, j in enumerate(idx)]
     last = ckpt_dir / "last.ckpt"
@@ -217,7 +220,7 @@ def collect_batch(envs, act, value, num_steps: int, max_tail: int, seed: int, pa
     return _concat(parts)
 
 
-def _policy_parameters(policy, obs: Tensor, actions: Tensor) -> list[torch.nn.Parameter]:
+def policy_parameters(policy, obs: Tensor, actions: Tensor) -> list[torch.nn.Parameter]:
     """The parameters log π depends on (the trunk(s) and head that produce π; not the value head)."""
     params = [p for p in policy.parameters() if p.requires_grad]
     logp = policy.evaluate(obs[:2], actions[:2]).logp.sum()
@@ -307,12 +310,18 @@ def probe_checkpoint(path: str | Path, label: str, cfg: DictConfig | dict, log=p
     start = time.perf_counter()
     path = Path(path)
     ckpt = load_checkpoint(path)
+    check_finite_weights(ckpt, path)
     run_cfg = ckpt["pglab"]["config"]
     gamma = float(cfg["gamma"] if cfg["gamma"] is not None else run_cfg.get("gamma", 0.99))
     num_envs = int(cfg["num_envs"])
     envs = make_probe_envs(ckpt, num_envs)
     try:
-        policy = build_checkpoint_policy(ckpt, envs)
+        try:
+            policy = build_checkpoint_policy(ckpt, envs)
+        except CheckpointError:
+            raise
+        except Exception as err:  # a model _target_ that is gone or does not take these arguments
+            raise CheckpointError(f"{path}: cannot build the model its config describes: {err}") from err
         _check_policy(policy, path)
         has_value = bool(getattr(policy, "has_value", getattr(policy, "value_out", None) is not None))
         configs, notes = configurations(list(cfg["estimators"]), list(cfg["baselines"]), gamma,
@@ -350,7 +359,7 @@ def probe_checkpoint(path: str | Path, label: str, cfg: DictConfig | dict, log=p
             full = collect_batch(envs, act, value, num_steps, max_tail, seed, param_dim)
             returns.append(full.episode_returns)
             if params is None:
-                params = _policy_parameters(policy, full.obs[0], full.actions[0])
+                params = policy_parameters(policy, full.obs[0], full.actions[0])
                 grads = torch.zeros(M, len(configs), sum(p.numel() for p in params))
             if b < M:
                 grads[b] = batch_gradients(policy, params, full, num_steps, configs, bool(cfg["lookahead"]))
@@ -409,7 +418,7 @@ def _matplotlib():
 
 
 def plot_sweep(results: list[CheckpointResult], estimator: str, out: Path, baseline: str = "value") -> Path | None:
-    """Variance (left) and bias with its noise floor (right) against k or λ for one baseline, one line per checkpoint."""
+    """Variance (left) and bias beside its noise floor (right) against k or λ, one baseline, a line per checkpoint."""
     Figure = _matplotlib()  # noqa: N806
     series = []
     for r in results:

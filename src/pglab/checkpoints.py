@@ -10,6 +10,7 @@ arbitrary code when it is loaded.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,12 +27,19 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives; anything else is not one
+        raise CheckpointError(f"cannot read checkpoint {path}: not a readable torch checkpoint (corrupted or "
+                              "truncated?)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False; pglab never does that, so only its reason is shown
+        lines = str(err).splitlines()
+        reason = next((line.strip() for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line
+                       and line.strip() != "WeightsUnpickler error:"), "")
         raise CheckpointError(
             f"{path} holds objects beyond tensors and plain values, and loading those could run code: pglab loads "
-            f"checkpoints with weights_only=True only and refuses this one ({str(err).splitlines()[0]})") from err
+            f"checkpoints with weights_only=True only and refuses this one. {reason}".strip()) from err
     except Exception as err:  # truncated or corrupted zip, not a torch file at all, ...
         raise CheckpointError(f"cannot read checkpoint {path}: not a readable torch checkpoint (corrupted or "
                               f"truncated?): {type(err).__name__}: {err}") from err
@@ -112,8 +120,9 @@ def resume_config(current: dict, stored: dict, overrides: list[str], stored_choi
         if section not in stored:
             continue
         old, new = stored[section], current.get(section)
-        if isinstance(old, dict) and isinstance(new, dict):
-            # keys this version added keep their defaults; free learner keys follow the command line
+        if isinstance(old, dict) and isinstance(new, dict) and "_target_" not in old:
+            # plain settings: keys this version added keep their defaults; free learner keys follow the command
+            # line. A component (with _target_) is taken whole: another class's arguments would not fit it
             free = {k: new[k] for k in _FREE_LEARNER_KEYS if k in new} if section == "learner" else {}
             merged[section] = {**new, **old, **free}
         else:

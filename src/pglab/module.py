@@ -137,7 +137,14 @@ class PolicyGradientModule(L.LightningModule):
         steps = int(checkpoint.get("state_dict", {}).get("env_steps", 0))
         if old_total is not None and int(old_total) != int(self.hparams.total_env_steps):
             # another budget: continue from the LR the old schedule had reached, down to 0 at the new total
-            self.lr_anchor = (steps, self._lr_fraction(steps, int(t0), float(f0), int(old_total)))
+            reached = self._lr_fraction(steps, int(t0), float(f0), int(old_total))
+            if reached > 0 or not self.hparams.anneal_lr:
+                self.lr_anchor = (steps, reached)
+            else:
+                # the old schedule ended at 0: continuing it would train at lr 0, a silent no-op
+                self.lr_anchor = (0, 1.0)
+                print(f"pglab: the checkpoint's learning rate had annealed to 0 at its budget of {old_total} env "
+                      f"steps; the extended run anneals from lr·(1 − t/{self.hparams.total_env_steps}) instead")
         else:
             self.lr_anchor = (int(t0), float(f0))
         rng = checkpoint.get("pglab", {}).get("rng")

@@ -82,4 +82,14 @@ def group_baseline(targets: Tensor, valid: Tensor, episode_scores: Tensor, group
     return _masked(advantages, valid)
 
 
+# What each baseline reads besides the targets and the valid mask, in argument order (read by pglab.data, which
+# hands them over, and pglab.checks, which refuses a configuration that cannot provide them):
+#   values          — V(s_t) [T, N] from the value head
+#   episode_scores  — each episode's score R(τ) [N] (the target at its first step)
+#   group_ids       — which group each episode (column) belongs to [N] (episode collector, group_size >= 2)
+no_baseline.inputs = ()
+mean_baseline.inputs = ()
+value_baseline.inputs = ("values",)
+group_baseline.inputs = ("episode_scores", "group_ids")
+
 BASELINES = {"none": no_baseline, "mean": mean_baseline, "value": value_baseline, "group": group_baseline}

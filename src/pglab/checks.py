@@ -6,30 +6,18 @@ Hydra itself (the composed config is in struct mode; a group lists its valid opt
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pglab import baselines as B
-from pglab import estimators as E
+from pglab.data import requirement
 from pglab.surrogates import Surrogate
 
-__all__ = ["ConfigError", "check_combination", "component_name", "check_types", "check_budgets"]
+__all__ = ["ConfigError", "check_combination", "check_types", "check_budgets"]
 
-BOOTSTRAPPING = {E.nstep, E.gae}
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message says why and what to change."""
-
-
-def component_name(component, registry: dict) -> str:
-    func = component.func if isinstance(component, functools.partial) else component
-    for name, candidate in registry.items():
-        if candidate is func:
-            return name
-    raise ConfigError(f"{func!r} is not one of the known components {sorted(registry)}")
 
 
 # key → (accepted types, may be null); checked first so no later check or component sees e.g. seed="abc"
@@ -122,42 +110,58 @@ def check_budgets(cfg: DictConfig, whole_episodes: bool) -> list[str]:
     return problems
 
 
+def _label(group: str, component) -> str:
+    """``group=<choice>`` as the user typed it (the Hydra choice), else the component's own name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+    except (ValueError, AttributeError):
+        choice = None
+    name = getattr(getattr(component, "func", component), "__name__", type(component).__name__)
+    return f"{group}={choice or name}"
+
+
 def check_combination(cfg: DictConfig, estimator, baseline, surrogate: Surrogate) -> None:
-    """Raise ConfigError for every combination of settings that cannot run (all problems at once)."""
+    """Raise ConfigError for every combination of settings that cannot run (all problems at once).
+
+    Reads only what the components declare (``requirement``: estimators' needs_whole_episodes,
+    bootstraps_from_value and gives_episode_return; baselines' inputs; surrogates' needs_whole_episodes) — never a
+    component's name or class, so a component defined outside pglab is validated the same way."""
     problems: list[str] = []
-    est = component_name(estimator, E.ESTIMATORS)
-    base = component_name(baseline, B.BASELINES)
+    est, base = _label("estimator", estimator), _label("baseline", baseline)
+    inputs = requirement(baseline, "inputs", ())
     kind = cfg.collector.kind
     has_value = bool(cfg.model.value_head)
     if kind not in ("segments", "episodes"):
         problems.append(f"collector.kind={kind!r} is not a collector; use segments or episodes")
     episodic = kind == "episodes"
-    if est in ("nstep", "gae") and not has_value:
-        problems.append(f"estimator={est} bootstraps from V(s) but model.value_head=false: set "
-                        "model.value_head=true, or use estimator=return|reward_to_go")
-    if base == "value" and not has_value:
-        problems.append("baseline=value needs a value head but model.value_head=false: set model.value_head=true, "
-                        "or use baseline=none|mean|group")
-    if base == "group":
+    if requirement(estimator, "bootstraps_from_value") and not has_value:
+        problems.append(f"{est} bootstraps from V(s) but model.value_head=false: set model.value_head=true, or use "
+                        "estimator=return|reward_to_go")
+    if "values" in inputs and not has_value:
+        problems.append(f"{base} needs a value head but model.value_head=false: set model.value_head=true, or use "
+                        "baseline=none|mean|group")
+    if "group_ids" in inputs:
         if not episodic:
-            problems.append("baseline=group compares episodes that share a start state, which only the episode "
-                            "collector makes: set collector.kind=episodes (and collector.group_size >= 2)")
+            problems.append(f"{base} compares episodes that share a start state, which only the episode collector "
+                            "makes: set collector.kind=episodes (and collector.group_size >= 2)")
         elif cfg.collector.group_size < 2:
-            problems.append(f"baseline=group needs groups of at least 2 episodes, got collector.group_size="
+            problems.append(f"{base} needs groups of at least 2 episodes, got collector.group_size="
                             f"{cfg.collector.group_size}: set collector.group_size=8 (for example)")
-        if est != "return":
-            problems.append(f"baseline=group scores each episode by its return R(τ), so it needs estimator=return, "
-                            f"got estimator={est}")
+    if "episode_scores" in inputs and not requirement(estimator, "gives_episode_return"):
+        problems.append(f"{base} scores each episode by its return R(τ), so it needs an estimator that gives every "
+                        f"step its episode's return (estimator=return), got {est}")
     if surrogate.needs_whole_episodes and not episodic:
         problems.append(f"surrogate={type(surrogate).__name__.lower()} with aggregation={surrogate.aggregation} "
                         "needs minibatches of whole episodes, which the segment collector cuts: set "
                         "collector.kind=episodes, or aggregation=token_mean")
-    if est == "return" and not episodic:
-        problems.append("estimator=return gives every step its whole episode's return R(τ), but segments cut "
-                        "episodes: set collector.kind=episodes, or use estimator=reward_to_go|nstep|gae")
-    if est == "reward_to_go" and not episodic and not has_value:
-        problems.append("estimator=reward_to_go on segments must bootstrap the cut at the segment end from V(s), "
-                        "but model.value_head=false: set model.value_head=true or collector.kind=episodes")
+    if requirement(estimator, "needs_whole_episodes") and not episodic:
+        problems.append(f"{est} gives every step its whole episode's return R(τ), but segments cut episodes: set "
+                        "collector.kind=episodes, or use estimator=reward_to_go|nstep|gae")
+    elif not episodic and not has_value:
+        problems.append(f"{est} on segments must bootstrap the cut at the segment end from V(s), but "
+                        "model.value_head=false: set model.value_head=true or collector.kind=episodes")
     problems += _numeric_problems(cfg, estimator, baseline)
     problems += check_budgets(cfg, surrogate.needs_whole_episodes)
     if cfg.learner.epochs < 1 or cfg.learner.num_minibatches < 1:
@@ -200,13 +204,8 @@ def _numeric_problems(cfg: DictConfig, estimator, baseline) -> list[str]:
     valid = torch.ones(2, 2, dtype=torch.bool)
     try:
         targets = estimator(zeros, zeros, zeros, flags, flags, valid)
-        name = component_name(baseline, B.BASELINES)
-        if name == "value":
-            baseline(targets, valid, zeros)
-        elif name == "group":
-            baseline(targets, valid, targets[0], torch.zeros(2, dtype=torch.long))
-        else:
-            baseline(targets, valid)
+        dummy = {"values": zeros, "episode_scores": targets[0], "group_ids": torch.zeros(2, dtype=torch.long)}
+        baseline(targets, valid, *[dummy[name] for name in requirement(baseline, "inputs", ())])
     except (ValueError, TypeError) as err:
         problems.append(f"{err} (check gamma, lam, nstep_k and the baseline's settings)")
     return problems

@@ -25,7 +25,7 @@ from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, rms_s
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 
 __all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
-           "explained_variance", "NonFiniteRolloutError", "check_rollout_finite"]
+           "explained_variance", "NonFiniteRolloutError", "check_rollout_finite", "requirement"]
 
 
 @dataclass
@@ -66,19 +66,26 @@ def explained_variance(predictions: Tensor, targets: Tensor) -> float:
     return float(1 - (targets - predictions).var(unbiased=False) / var)
 
 
-def compute_advantages(rollout: Rollout, estimator: Callable, baseline: Callable,
-                       baseline_name: str) -> tuple[Tensor, Tensor]:
-    """(targets, advantages), both [T, N]; the baseline gets what its kind needs."""
+def requirement(component, name: str, default=False):
+    """A component's declared need (an attribute of the function or class, seen through functools.partial)."""
+    return getattr(getattr(component, "func", component), name, default)
+
+
+def baseline_inputs(rollout: Rollout, targets: Tensor) -> dict[str, Callable[[], Tensor]]:
+    """Everything a baseline may declare in ``inputs`` (see pglab.baselines), computed on demand."""
+    return {"values": lambda: rollout.values,
+            # each column of an episode rollout is one episode starting at row 0: its score is the target there
+            "episode_scores": lambda: targets[0],
+            "group_ids": lambda: rollout.group_ids}
+
+
+def compute_advantages(rollout: Rollout, estimator: Callable, baseline: Callable) -> tuple[Tensor, Tensor]:
+    """(targets, advantages), both [T, N]; the baseline gets the inputs it declares."""
     targets = estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.done,
                         rollout.valid)
-    if baseline_name == "value":
-        advantages = baseline(targets, rollout.valid, rollout.values)
-    elif baseline_name == "group":
-        # each column is one episode starting at row 0; its score is the target there (R(τ))
-        advantages = baseline(targets, rollout.valid, targets[0], rollout.group_ids)
-    else:
-        advantages = baseline(targets, rollout.valid)
-    return targets, advantages
+    available = baseline_inputs(rollout, targets)
+    extra = [available[name]() for name in requirement(baseline, "inputs", ())]
+    return targets, baseline(targets, rollout.valid, *extra)
 
 
 class _MinibatchDataset(Dataset):
@@ -164,7 +171,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         collector: ``kind`` (segments | episodes), ``num_steps`` (segments), ``num_groups`` × ``group_size``
             (episodes), ``max_episode_steps`` (episodes; default: the env's time limit).
         estimator: callable (rewards, values, next_values, terminated, done, valid) → targets [T, N].
-        baseline: callable from ``pglab.baselines``; ``baseline_name`` says which inputs it takes.
+        baseline: callable (targets, valid, *inputs) → advantages [T, N]; its ``inputs`` attribute names the
+            extra tensors it reads (see pglab.baselines).
         update_epochs / num_minibatches: K shuffled passes in M minibatches per rollout.
         minibatches_per_step: how many of those K·M minibatches one Lightning training step gets (None: all).
         whole_episodes: minibatches made of whole episodes (GSPO, episode-level aggregation).
@@ -172,12 +180,12 @@ class OnPolicyDataModule(L.LightningDataModule):
     """
 
     def __init__(self, env: EnvConfig, collector: dict, estimator: Callable, baseline: Callable,
-                 baseline_name: str, update_epochs: int, num_minibatches: int, whole_episodes: bool,
+                 update_epochs: int, num_minibatches: int, whole_episodes: bool,
                  seed: int, minibatches_per_step: int | None = None) -> None:
         super().__init__()
         self.env_cfg = env
         self.collector_cfg = dict(collector)
-        self.estimator, self.baseline, self.baseline_name = estimator, baseline, baseline_name
+        self.estimator, self.baseline = estimator, baseline
         self.update_epochs, self.num_minibatches = update_epochs, num_minibatches
         self.minibatches_per_step = minibatches_per_step
         self.whole_episodes = whole_episodes
@@ -251,7 +259,7 @@ class OnPolicyDataModule(L.LightningDataModule):
             module.record_rollout(RolloutStats(0, episode_returns, episode_lengths, nan, nan, nan), None)
             return DataLoader([[]], batch_size=None, collate_fn=_identity)
         with torch.inference_mode():
-            targets, advantages = compute_advantages(rollout, self.estimator, self.baseline, self.baseline_name)
+            targets, advantages = compute_advantages(rollout, self.estimator, self.baseline)
         batch, episode_length = self._flatten(rollout, targets, advantages)
         module.record_rollout(RolloutStats(
             env_steps=rollout.num_transitions,

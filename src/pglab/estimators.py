@@ -145,4 +145,15 @@ def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor
     return torch.where(valid, adv + values, torch.zeros_like(adv))
 
 
+# What each estimator needs from the rest of the system, declared here and read by pglab.checks and pglab.data
+# (a custom estimator declares the same attributes; absent ones mean False):
+#   needs_whole_episodes  — its target for a step depends on the whole episode, which segments cut
+#   bootstraps_from_value — it reads V(s) inside episodes (so it needs a value head)
+#   gives_episode_return  — the target at an episode's first step is that episode's return R(τ) (group baselines)
+# Every estimator bootstraps from V at a segment's cut, so on the segment collector all of them need a value head.
+trajectory_return.needs_whole_episodes = True
+trajectory_return.gives_episode_return = True
+nstep.bootstraps_from_value = True
+gae.bootstraps_from_value = True
+
 ESTIMATORS = {"return": trajectory_return, "reward_to_go": reward_to_go, "nstep": nstep, "gae": gae}

@@ -243,8 +243,8 @@ class PolicyGradientModule(L.LightningModule):
             self.skipped_updates += 1
             return False
         raise NonFiniteError(
-            f"non-finite {what} ({float(loss.detach()):g} loss, {float(grad_norm):g} gradient norm) at {where}; the update "
-            "was not applied. Lower learner.lr, set learner.max_grad_norm, check the env's rewards and "
+            f"non-finite {what} ({float(loss.detach()):g} loss, {float(grad_norm):g} gradient norm) at {where}; the "
+            "update was not applied. Lower learner.lr, set learner.max_grad_norm, check the env's rewards and "
             "observations — or set learner.nonfinite=skip to skip such updates and count them")
 
     def _check_parameters(self, params: list[Tensor]) -> None:

@@ -28,10 +28,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.baselines import BASELINES
 from pglab.callbacks import EvalCallback, SolveTracker
 from pglab.checkpoints import CheckpointError, load_checkpoint, resume_config
-from pglab.checks import ConfigError, check_combination, check_types, component_name
+from pglab.checks import ConfigError, check_combination, check_types
 from pglab.data import NonFiniteRolloutError, OnPolicyDataModule
 from pglab.envs import EnvConfig, require_video_support
 from pglab.hydra_callbacks import mark_failed
@@ -124,7 +123,7 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
     datamodule = OnPolicyDataModule(
         env=EnvConfig(**OmegaConf.to_container(cfg.env, resolve=True)),
         collector=OmegaConf.to_container(cfg.collector, resolve=True),
-        estimator=estimator, baseline=baseline, baseline_name=component_name(baseline, BASELINES),
+        estimator=estimator, baseline=baseline,
         update_epochs=cfg.learner.epochs, num_minibatches=cfg.learner.num_minibatches,
         whole_episodes=surrogate.needs_whole_episodes, seed=cfg.seed,
         minibatches_per_step=cfg.learner.minibatches_per_step)

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 BUDGETS = {"ppo": 100_000, "a2c": 500_000, "ppo_kl": 500_000, "grpo": 500_000, "gspo": 500_000,
-           # the seed's ladder, at one equal budget
+           # the derivation's ladder (docs/theory.md), at one equal budget
            "reinforce": 300_000, "reinforce_rtg": 300_000, "reinforce_baseline": 300_000}
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -2,7 +2,7 @@
 
 Every reference here is plain Python over nested lists ``[T][N]``: a per-(t, n) scan that sums rewards
 until the episode ends / the horizon is reached / the segment ends, and adds γ^j·V where it stops
-(unless the episode terminated). GAE is checked against the seed's explicit λ-series
+(unless the episode terminated). GAE is checked against the explicit λ-series of docs/theory.md §6
 (1−λ)(A¹ + λA² + λ²A³ + …) built from those brute-force A^k.
 """
 
@@ -173,7 +173,7 @@ def brute_trajectory_return(ro: Rollout, gamma: float) -> torch.Tensor:
 
 
 def brute_advantage_k(ro: Rollout, gamma: float, k: int, t: int, n: int) -> float:
-    """The seed's A^k(s_t) = Σ_{i<k} γ^i r_{t+i} + γ^k V(s_{t+k}) − V(s_t), stopped at the episode end."""
+    """A^k(s_t) = Σ_{i<k} γ^i r_{t+i} + γ^k V(s_{t+k}) − V(s_t), stopped at the episode end (docs/theory.md §5)."""
     return discounted_sum(ro, t, n, gamma, horizon=k) - ro.values[t][n]
 
 

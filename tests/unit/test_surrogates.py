@@ -262,7 +262,7 @@ def test_gspo_on_policy_gradient_with_episode_advantage(variant):
         torch.testing.assert_close(g_got, g_exp, rtol=1e-9, atol=1e-12)
 
 
-def test_reinforce_episode_sum_is_the_seed_loss_verbatim():
+def test_reinforce_episode_sum_is_the_theory_loss_verbatim():
     # loss = −(1/N) Σ_n Σ_t A log π
     rng = random.Random(0)
     logp = [math.log(rng.uniform(0.05, 1.0)) for _ in range(7)]

@@ -42,10 +42,14 @@ checkpoint was trained for and the mean return of the episodes the probe saw; pl
 checkpoint; matplotlib from the ``plot`` extra, imported only when drawing).
 
 **Cost.** Per checkpoint, (M + M_ref) batches, each ``batch_steps`` env steps plus its tail (up to ``num_envs`` ×
-the env's time limit; ≈ 0 for a policy with short episodes, ≈ 4,000 steps for a CartPole policy that balances for
-500 steps); with the defaults (M = 32, M_ref = 128) that is 330k–1M env steps, ≈ 1–2 min of a CPU core for
-CartPole, plus one batched backward pass over the batch per configuration (45 configurations by default), ≈ 0.2 s
-per batch. Memory: M × configurations × |θ| floats (32 × 45 × 4.6k ≈ 50 MB for the default MLP).
+the env's time limit: ≈ 0 for a policy with short episodes, ≈ 4,000 steps for a CartPole policy that balances for
+500 steps). Measured on one core of a 2-core CPU with a 500-step CartPole policy and a 2,048-step batch: collection
+≈ 0.25 s per batch (tail included); the 45 default configurations ≈ 0.8 s per probe batch (one batched backward
+pass over the batch for all 45 gradients ≈ 0.6 s, the estimators the rest; the first call ≈ 2 s); a reference batch
+(one configuration) ≈ 0.3 s in all. At the defaults (M = 32, M_ref = 128: 330k–850k env steps) that is ≈ 1–1.5 min
+per checkpoint; the reduced ladder's probe (M = 16, M_ref = 32) took 49–58 s per checkpoint on a busy machine.
+Memory: M × configurations × |θ| float32 (32 × 45 × 9.2k ≈ 53 MB for the default fused 64-64 MLP; entries of the
+value head's weights get exactly zero gradient and add nothing to any statistic).
 
 Refusals (exit status 2, one line, no traceback): a file that is not a pglab checkpoint, a policy that is not
 pglab's ``ActorCritic`` interface with a categorical or Gaussian head, an unknown estimator / baseline name, and a
@@ -84,7 +88,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 PLOT_MISSING = "plots need matplotlib: pip install 'pglab[plot]' (or pass plots=false)"
 
 __all__ = ["Configuration", "configurations", "find_checkpoints", "make_probe_envs", "collect_batch",
-           "policy_parameters", "advantages_for", "batch_gradients", "summarize", "probe_checkpoint", "main"]
+           "policy_parameters", "targets_for", "advantages_for", "batch_gradients", "summarize", "probe_checkpoint",
+           "main"]
 
 
 # -- what is probed -----------------------------------------------------------------------------------------------
@@ -228,11 +233,19 @@ def policy_parameters(policy, obs: Tensor, actions: Tensor) -> list[torch.nn.Par
     return [p for p, g in zip(params, grads, strict=True) if g is not None]
 
 
-def advantages_for(config: Configuration, full: Rollout, num_steps: int, lookahead: bool) -> Tensor:
-    """A [num_steps, N] of one configuration: targets over the whole rollout (lookahead) or the batch rows only."""
+def targets_for(config: Configuration, full: Rollout, num_steps: int, lookahead: bool) -> Tensor:
+    """G [num_steps, N] of one configuration's estimator: computed over the whole rollout (lookahead) or over the
+    batch rows only (cut at the batch end and bootstrapped from V there)."""
     src = full if lookahead else _head(full, num_steps)
-    targets = config.estimator(src.rewards, src.values, src.next_values, src.terminated, src.done, src.valid)
-    targets, valid, values = targets[:num_steps], full.valid[:num_steps], full.values[:num_steps]
+    return config.estimator(src.rewards, src.values, src.next_values, src.terminated, src.done, src.valid)[:num_steps]
+
+
+def advantages_for(config: Configuration, full: Rollout, num_steps: int, lookahead: bool,
+                   targets: Tensor | None = None) -> Tensor:
+    """A [num_steps, N] of one configuration (``targets`` [num_steps, N]: its estimator's, if already computed)."""
+    if targets is None:
+        targets = targets_for(config, full, num_steps, lookahead)
+    valid, values = full.valid[:num_steps], full.values[:num_steps]
     if config.baseline == "value":
         return BASELINES["value"](targets, valid, values)
     return BASELINES[config.baseline](targets, valid)
@@ -253,7 +266,13 @@ def batch_gradients(policy, params: list[torch.nn.Parameter], full: Rollout, num
     valid = full.valid[:num_steps]
     obs, actions = full.obs[:num_steps][valid], full.actions[:num_steps][valid]
     with torch.no_grad():
-        weights = torch.stack([advantages_for(c, full, num_steps, lookahead)[valid] for c in configs])  # [C, B]
+        targets: dict[str, Tensor] = {}  # one estimator pass serves every baseline
+        for c in configs:
+            key = c.name.rsplit("/", 1)[0]
+            if key not in targets:
+                targets[key] = targets_for(c, full, num_steps, lookahead)
+        weights = torch.stack([advantages_for(c, full, num_steps, lookahead, targets[c.name.rsplit("/", 1)[0]])[valid]
+                               for c in configs])  # [C, B]
     weights = -weights / valid.sum().clamp_min(1)
     with torch.enable_grad():
         logp = policy.evaluate(obs, actions).logp

@@ -25,7 +25,7 @@ __all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "check_observation_
            "require_video_support", "run_episodes", "rms_state",
            "load_rms", "VECTORIZATIONS"]
 
-VECTORIZATIONS = ("auto", "native", "sync", "async")
+VECTORIZATIONS = ("auto", "native", "sync", "async", "envpool")
 
 
 @dataclass
@@ -43,6 +43,9 @@ class EnvConfig:
     clip_actions: bool = True
     max_episode_steps: int | None = None
     flatten_obs: bool = False  # gymnasium's FlattenObservation: one-hot Discrete, flat Tuple/Dict/image observations
+    # single-env wrappers applied inside each copy (gym.make_vec(wrappers=...)): dotted paths of callables env → env,
+    # or {_target_: dotted path, **kwargs} (e.g. pglab.atari.atari_wrapper for Atari preprocessing)
+    wrappers: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     record_video_dir: str | None = None  # eval only: record episodes with gymnasium's RecordVideo (needs moviepy)
 
@@ -85,6 +88,11 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
     Wrapper order (inner → outer): episode statistics on the *raw* rewards, action clipping (Box),
     observation normalisation + clip, reward normalisation + clip.
     """
+    if (vectorization or cfg.vectorization) == "envpool":
+        from pglab.envpool_env import make_envpool_vector_env  # optional back-end: pip install 'pglab[envpool]'
+
+        envs = make_envpool_vector_env(cfg, num_envs or cfg.num_envs)
+        return _wrap_vector_env(envs, cfg, normalize_obs)
     env_id = resolve_env_id(cfg.id)
     try:
         spec = gym.spec(env_id)
@@ -99,12 +107,34 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
     if cfg.record_video_dir is not None:
         kwargs["render_mode"] = "rgb_array"
-    envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+    if cfg.wrappers and mode == "vector_entry_point":
+        raise ValueError(f"env.wrappers wrap single envs, but {cfg.id}'s native vector env has none: set "
+                         "env.vectorization=sync or async")
+    wrappers = [_single_env_wrapper(w) for w in cfg.wrappers] or None
+    envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, wrappers=wrappers,
+                        **kwargs)
     if cfg.record_video_dir is not None:
         envs = vw.RecordVideo(envs, cfg.record_video_dir, episode_trigger=lambda _: True, name_prefix="eval")
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
         raise ValueError(f"{cfg.id}'s vector env does not use next-step autoreset, which pglab's collector "
                          "relies on; use env.vectorization=sync")
+    return _wrap_vector_env(envs, cfg, normalize_obs)
+
+
+def _single_env_wrapper(spec):
+    """A wrapper callable from a dotted path, or from {_target_: path, **kwargs} (bound with functools.partial)."""
+    import functools
+
+    from hydra.utils import get_method
+
+    if isinstance(spec, str):
+        return get_method(spec)
+    spec = dict(spec)
+    return functools.partial(get_method(spec.pop("_target_")), **spec)
+
+
+def _wrap_vector_env(envs, cfg: EnvConfig, normalize_obs: bool | None):
+    """pglab's vector wrappers, the same for every back-end (see make_vector_env)."""
     envs = vw.RecordEpisodeStatistics(envs)
     if cfg.flatten_obs:
         envs = vw.FlattenObservation(envs)

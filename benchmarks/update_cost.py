@@ -1,0 +1,249 @@
+"""Cost of one PPO learner update, the unfused actor-critic (two nn.Sequential trunks) against the fused one.
+
+One update is what ``PolicyGradientModule.training_step`` does per minibatch on its direct optimizer path:
+``minibatch_loss`` (evaluate + clip surrogate + value loss + entropy + diagnostics) → backward →
+``clip_grad_norm_`` (foreach) → fused Adam step. Both networks run the module's real ``minibatch_loss`` and
+start from the same weights. Cases: CartPole (obs 4, 2 actions) and a Pendulum-like Gaussian (obs 3, 1 action),
+64-64 tanh separate trunks, 128-row minibatches, CleanRL's coefficients.
+
+Printed, per case:
+- µs per update, unfused vs fused, timed in interleaved blocks in one process at one torch thread (medians;
+  the ratio is the median of the per-block ratios, so drift in machine load cancels). The clock is this
+  thread's CPU time (``time.thread_time``): at one torch thread all the work runs on it, and time spent
+  descheduled by other processes on a shared CPU is not counted;
+- operator calls per update (torch.profiler ``key_averages``, all recorded events, forward and backward);
+- where the fused update's time goes: network forward, loss math forward, backward (network part = the
+  backward of a loss that just weighs the network's outputs), gradient clipping, Adam;
+- the fused update's top operators by self CPU time (median over profiled rounds).
+
+    python benchmarks/update_cost.py [--reps 21] [--updates 100] [--quick]
+
+No test asserts these numbers; timings on a shared CPU are noisy, compare ratios rather than absolute µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+
+from pglab.data import Batch
+from pglab.module import PolicyGradientModule
+from pglab.networks import ActorCritic, CategoricalHead, EvalOutput, GaussianHead, mlp
+from pglab.surrogates import Clip
+
+CLOCK = time.thread_time  # CPU time of this thread (see the module docstring)
+BATCH = 128
+HIDDEN = (64, 64)
+LEARNER = {"lr": 2.5e-4, "adam_eps": 1e-5, "vf_coef": 0.5, "ent_coef": 0.01, "max_grad_norm": 0.5}
+CASES = {"CartPole (4 → 2 discrete)": (4, ("discrete", 2)), "Pendulum-like (3 → 1 Gaussian)": (3, ("continuous", 1))}
+
+
+class UnfusedActorCritic(nn.Module):
+    """The actor-critic as it was before fusion: two nn.Sequential trunks, each head its own nn.Linear, so a
+    forward is 2·L + 2 module calls. Its state_dict has the unfused keys, which ActorCritic loads."""
+
+    def __init__(self, obs_dim: int, action_space: tuple[str, int], hidden: tuple[int, ...] = HIDDEN) -> None:
+        super().__init__()
+        kind, size = action_space
+        self.has_value = True
+        self.policy_trunk = mlp(obs_dim, hidden, "tanh")
+        self.head = CategoricalHead(hidden[-1], size) if kind == "discrete" else GaussianHead(hidden[-1], size)
+        self.value_trunk = mlp(obs_dim, hidden, "tanh")
+        self.value_out = nn.Linear(hidden[-1], 1)
+
+    def evaluate(self, obs: Tensor, actions: Tensor) -> EvalOutput:
+        params = self.head.params(self.policy_trunk(obs))
+        values = self.value_out(self.value_trunk(obs)).squeeze(-1)
+        return EvalOutput(self.head.log_prob(params, actions), self.head.entropy(params), values, params)
+
+    def kl(self, params_old: Tensor, params_new: Tensor) -> Tensor:
+        return self.head.kl(params_old, params_new)
+
+
+def make_batch(policy: UnfusedActorCritic, obs_dim: int, action_space: tuple[str, int]) -> Batch:
+    """A 128-row minibatch as collection would store it (old log-probs and values from the policy itself)."""
+    kind, size = action_space
+    obs = torch.randn(BATCH, obs_dim)
+    actions = torch.randint(0, size, (BATCH,)) if kind == "discrete" else torch.randn(BATCH, size)
+    with torch.no_grad():
+        out = policy.evaluate(obs, actions)
+    return Batch(obs=obs, actions=actions, logp_old=out.logp, values_old=out.values, dist_params_old=out.dist_params,
+                 advantages=torch.randn(BATCH), targets=out.values + torch.randn(BATCH), mask=torch.ones(BATCH),
+                 episode_ids=torch.zeros(BATCH, dtype=torch.long), num_episodes=1)
+
+
+class Learner:
+    """A PolicyGradientModule around one network, and its update as training_step's direct path does it."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        self.module = PolicyGradientModule(policy, Clip(0.2), **LEARNER)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=LEARNER["lr"], eps=LEARNER["adam_eps"], fused=True)
+
+    def update(self, batch: Batch) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.module.minibatch_loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, LEARNER["max_grad_norm"], foreach=True)
+        self.optimizer.step()
+        self.module._epoch_stats.clear()  # per-epoch diagnostics: emptied here so they do not pile up
+
+    def network_step(self, batch: Batch) -> None:
+        """The network alone: evaluate, a loss that just sums its outputs, backward."""
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.module.policy.evaluate(batch.obs, batch.actions)
+        (out.logp.sum() + out.entropy.sum() + out.values.sum()).backward()
+
+    def parts(self, batch: Batch) -> dict[str, Callable[[], object]]:
+        """Each part of an update on its own, for counting its operators (gradients from the last update)."""
+        def loss_forward() -> None:
+            self.module.minibatch_loss(batch)
+            self.module._epoch_stats.clear()
+
+        return {"network forward": lambda: self.module.policy.evaluate(batch.obs, batch.actions),
+                "minibatch_loss forward": loss_forward, "network step": lambda: self.network_step(batch),
+                "clip": lambda: torch.nn.utils.clip_grad_norm_(self.params, LEARNER["max_grad_norm"], foreach=True),
+                "adam": self.optimizer.step, "update": lambda: self.update(batch)}
+
+    def phases(self, batch: Batch) -> dict[str, float]:
+        """Seconds of each part of one update (and a network-only backward, on a separate forward)."""
+        policy, t = self.module.policy, CLOCK
+        self.optimizer.zero_grad(set_to_none=True)
+        t0 = t()
+        out = policy.evaluate(batch.obs, batch.actions)
+        t1 = t()
+        # the backward of a loss that only weighs the outputs: what the network itself costs backward
+        (out.logp.sum() + out.entropy.sum() + out.values.sum()).backward()
+        t2 = t()
+        self.optimizer.zero_grad(set_to_none=True)
+        t3 = t()
+        loss = self.module.minibatch_loss(batch)
+        t4 = t()
+        loss.backward()
+        t5 = t()
+        torch.nn.utils.clip_grad_norm_(self.params, LEARNER["max_grad_norm"], foreach=True)
+        t6 = t()
+        self.optimizer.step()
+        t7 = t()
+        self.module._epoch_stats.clear()
+        return {"network forward": t1 - t0, "loss forward": (t4 - t3) - (t1 - t0),
+                "network backward": t2 - t1, "loss backward": (t5 - t4) - (t2 - t1),
+                "clip_grad_norm_": t6 - t5, "Adam step": t7 - t6, "update": t7 - t3}
+
+
+def phase_calls(learner: Learner, batch: Batch) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Operator calls of each phase of an update (rows as in ``Learner.phases``), and the whole update's per-op
+    (calls, median self-CPU µs)."""
+    counts, per_op = {}, {}
+    for part, fn in learner.parts(batch).items():
+        counts[part], ops = operator_calls(fn)
+        if part == "update":
+            per_op = ops
+    calls = {"network forward": counts["network forward"],
+             "loss forward": counts["minibatch_loss forward"] - counts["network forward"],
+             "network backward": counts["network step"] - counts["network forward"],
+             "clip_grad_norm_": counts["clip"], "Adam step": counts["adam"], "update": counts["update"]}
+    # the rest of the update (its backward through the loss math, and zero_grad)
+    calls["loss backward"] = calls["update"] - sum(v for k, v in calls.items() if k != "update")
+    return calls, per_op
+
+
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, n: int) -> dict[str, list[float]]:
+    """µs per call of each fn, timed in ``reps`` rounds of ``n`` calls, the fns taking turns within a round."""
+    for fn in fns.values():
+        for _ in range(max(n // 4, 5)):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = CLOCK()
+            for _ in range(n):
+                fn()
+            times[name].append((CLOCK() - start) / n * 1e6)
+    return times
+
+
+def operator_calls(fn: Callable[[], object], n: int = 20,
+                   rounds: int = 7) -> tuple[float, dict[str, tuple[float, float]]]:
+    """Profiler events per call of fn (every aten op and autograd node, forward and backward), and per event
+    name (calls per call of fn, median self-CPU µs per call of fn over ``rounds`` profiled rounds)."""
+    fn()
+    counts, self_us = [], {}
+    for _ in range(rounds):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                fn()
+        averages = prof.key_averages()
+        counts.append(sum(event.count for event in averages) / n)
+        for event in averages:
+            self_us.setdefault(event.key, []).append((event.count / n, event.self_cpu_time_total / n))
+    per_op = {key: (values[0][0], statistics.median(v for _, v in values)) for key, values in self_us.items()}
+    return statistics.median(counts), per_op
+
+
+def run_case(name: str, obs_dim: int, action_space: tuple[str, int], reps: int, n: int, top: int) -> None:
+    torch.manual_seed(0)
+    unfused = UnfusedActorCritic(obs_dim, action_space)
+    fused = ActorCritic(obs_dim, action_space, hidden=HIDDEN)
+    fused.load_state_dict(unfused.state_dict())  # the same weights in both layouts
+    batch = make_batch(unfused, obs_dim, action_space)
+    learners = {"unfused": Learner(unfused), "fused": Learner(fused)}
+
+    times = interleaved({k: (lambda lr=lr: lr.update(batch)) for k, lr in learners.items()}, reps, n)
+    net_times = interleaved({k: (lambda lr=lr: lr.network_step(batch)) for k, lr in learners.items()}, reps, n)
+    calls = {k: phase_calls(lr, batch) for k, lr in learners.items()}
+
+    def ratio(t: dict[str, list[float]]) -> float:
+        return statistics.median(f / u for f, u in zip(t["fused"], t["unfused"], strict=True))
+
+    print(f"\n## {name}: one PPO update, {BATCH}-row minibatch, {'-'.join(map(str, HIDDEN))} tanh separate trunks")
+    print(f"{'':36}{'unfused':>10}{'fused':>10}{'fused/unfused':>15}")
+    print(f"{'µs per update':36}{statistics.median(times['unfused']):10.0f}"
+          f"{statistics.median(times['fused']):10.0f}{ratio(times):15.2f}")
+    print(f"{'µs network alone (fwd+bwd)':36}{statistics.median(net_times['unfused']):10.0f}"
+          f"{statistics.median(net_times['fused']):10.0f}{ratio(net_times):15.2f}")
+    ops = {k: calls[k][0]["update"] for k in learners}
+    print(f"{'operator calls per update':36}{ops['unfused']:10.0f}{ops['fused']:10.0f}"
+          f"{ops['fused'] / ops['unfused']:15.2f}")
+
+    split: dict[str, dict[str, list[float]]] = {k: {} for k in learners}
+    for _ in range(max(reps * n // 4, 50)):
+        for key, learner in learners.items():
+            for phase, seconds in learner.phases(batch).items():
+                split[key].setdefault(phase, []).append(seconds * 1e6)
+    print("\nwhere an update goes, per phase (µs: medians of single-update phase timings; calls: profiler events)")
+    print(f"  {'':22}{'µs unfused':>12}{'µs fused':>10}{'calls unfused':>15}{'calls fused':>13}")
+    for phase in split["fused"]:
+        print(f"  {phase:22}{statistics.median(split['unfused'][phase]):12.0f}"
+              f"{statistics.median(split['fused'][phase]):10.0f}"
+              f"{calls['unfused'][0][phase]:15.0f}{calls['fused'][0][phase]:13.0f}")
+
+    per_op = calls["fused"][1]
+    total = sum(us for _, us in per_op.values())
+    print(f"\nfused update, top {top} operators by self CPU time (per update; profiled, so inflated):")
+    for key, (count, us) in sorted(per_op.items(), key=lambda item: item[1][1], reverse=True)[:top]:
+        print(f"  {key[:66]:68}{count:5.0f} calls {us:7.1f} µs {100 * us / total:5.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=21, help="interleaved timing rounds")
+    parser.add_argument("--updates", type=int, default=100, help="updates per round")
+    parser.add_argument("--top", type=int, default=15, help="operators listed")
+    parser.add_argument("--quick", action="store_true", help="5 rounds of 40 updates")
+    args = parser.parse_args()
+    reps, n = (5, 40) if args.quick else (args.reps, args.updates)
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, {reps} rounds × {n} updates per network")
+    for name, (obs_dim, action_space) in CASES.items():
+        run_case(name, obs_dim, action_space, reps, n, args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ import torch
 
 from pglab.envs import run_episodes
 
-__all__ = ["SolveTracker", "EvalCallback"]
+__all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck"]
 
 
 class EvalCallback(L.Callback):
@@ -28,6 +28,16 @@ class EvalCallback(L.Callback):
         self.evaluations = 0
 
     def _evaluate(self, trainer: L.Trainer, module) -> None:
+        # rank 0 evaluates (and records videos); every rank gets its numbers, so checkpointing by eval/return_mean
+        # decides the same everywhere
+        metrics = self._evaluate_here(trainer, module) if trainer.global_rank == 0 else None
+        if trainer.world_size > 1:
+            metrics = trainer.strategy.broadcast(metrics, src=0)
+        module.emit_metrics(metrics)
+        if trainer.global_rank == 0:
+            log_videos(trainer, self.video_dir, int(module.env_steps))
+
+    def _evaluate_here(self, trainer: L.Trainer, module) -> dict[str, float]:
         datamodule = trainer.datamodule
         if self.envs is None:
             if self.video_dir is not None:
@@ -42,9 +52,8 @@ class EvalCallback(L.Callback):
                 self.envs, lambda obs: actor.act(obs.to(module.device), deterministic=True).actions,
                 self.episodes, seed=self.seed + self.evaluations)
         self.evaluations += 1
-        module.emit_metrics({"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
-                             "eval/length_mean": float(lengths.mean())})
-        log_videos(trainer, self.video_dir, int(module.env_steps))
+        return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
+                "eval/length_mean": float(lengths.mean())}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
         last = trainer.should_stop or (trainer.max_epochs not in (None, -1)
@@ -70,6 +79,39 @@ def log_videos(trainer: L.Trainer, video_dir: str | None, step: int) -> None:
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_video("eval/video", [str(videos[-1])], step=step, format=["mp4"])
+
+
+class ReplicaCheck(L.Callback):
+    """Asserts after every Lightning step that every rank holds the same parameters and the same observation/reward
+    normalisation statistics (DDP keeps replicas in sync; a bug or an unsynchronised update path would let them
+    drift). One all-gather of a checksum per step: a
+    diagnostic for tests and for forks changing the update, not for production runs.
+
+    ``record``: a JSON file where rank 0 writes the number of steps checked."""
+
+    def __init__(self, record: str | None = None) -> None:
+        self.record, self.checked = record, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
+        from pglab.distributed import all_ranks
+
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in module.policy.parameters()])
+        digest = [float(flat.sum()), float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum())]
+        for rms, _ in trainer.datamodule._running_stats().values():
+            digest += [float(rms.mean.sum()), float(rms.var.sum()), float(rms.count)]
+        everyone = all_ranks(digest)
+        if any(d != everyone[0] for d in everyone):
+            raise RuntimeError(f"ranks hold different parameters after update {module.updates}: {everyone}")
+        self.checked += 1
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        if self.record is not None and trainer.global_rank == 0:
+            import json
+
+            with open(self.record, "w") as file:
+                json.dump({"steps_checked": self.checked, "world_size": trainer.world_size,
+                           "updates": module.updates, "env_steps": int(module.env_steps)}, file)
 
 
 class SolveTracker(L.Callback):

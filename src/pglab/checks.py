@@ -150,8 +150,8 @@ def check_combination(cfg: DictConfig, estimator, baseline, surrogate: Surrogate
             problems.append(f"{base} needs groups of at least 2 episodes, got collector.group_size="
                             f"{cfg.collector.group_size}: set collector.group_size=8 (for example)")
     if "episode_scores" in inputs and not requirement(estimator, "gives_episode_return"):
-        problems.append(f"{base} scores each episode by its return R(τ), so it needs an estimator that gives every "
-                        f"step its episode's return (estimator=return), got {est}")
+        problems.append(f"{base} scores each episode by its return R(τ), so it needs estimator=return (an estimator "
+                        f"that gives every step its episode's return), got {est}")
     if surrogate.needs_whole_episodes and not episodic:
         problems.append(f"surrogate={type(surrogate).__name__.lower()} with aggregation={surrogate.aggregation} "
                         "needs minibatches of whole episodes, which the segment collector cuts: set "
@@ -180,11 +180,11 @@ def _numeric_problems(cfg: DictConfig, estimator, baseline) -> list[str]:
     if cfg.trainer.get("gradient_clip_val") is not None:
         problems.append("trainer.gradient_clip_val does not apply (pglab's updates use manual optimisation): set "
                         "learner.max_grad_norm instead")
-    precision = str(cfg.trainer.get("precision") or "32-true")
-    devices = cfg.trainer.get("devices", 1)
-    if not learner.lightning_optimizer and (precision not in ("32", "32-true") or devices not in (1, "1")):
-        problems.append(f"trainer.precision={precision} / trainer.devices={devices} need Lightning's optimizer "
-                        "wrappers: set learner.lightning_optimizer=true")
+    strategy = str(cfg.trainer.get("strategy") or "auto")
+    if strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed")):
+        problems.append(f"trainer.strategy={strategy} is not supported: the spawn/fork strategies pickle or fork the "
+                        "DataModule's environments, and sharded strategies do not fit pglab's manual optimisation; "
+                        "use trainer=ddp (one process per device, each with its own envs)")
     if learner.max_grad_norm is not None and learner.max_grad_norm <= 0:
         problems.append(f"learner.max_grad_norm must be > 0 or null, got {learner.max_grad_norm}")
     if learner.minibatches_per_step is not None and learner.minibatches_per_step < 1:

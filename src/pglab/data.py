@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from gymnasium.wrappers import vector as vw
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, rms_state
+from pglab.distributed import all_ranks
+from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, merge_running_stats, rms_state
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 
 __all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
@@ -194,6 +196,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.collector: SegmentCollector | EpisodeCollector | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.total_env_steps = 0
+        self._normalization_cache: dict = {}  # the statistics at teardown (see there)
 
     # -- environments --------------------------------------------------------------------------------
     @property
@@ -211,9 +214,27 @@ class OnPolicyDataModule(L.LightningDataModule):
                 self.envs = make_vector_env(self.env_cfg)
         return self.envs
 
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def rank_seed(self, seed: int) -> int:
+        """Rank 0 keeps ``seed`` (a one-process run is unchanged); rank r > 0 gets an independent stream."""
+        if self.rank == 0:
+            return seed
+        return int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
+
     def setup(self, stage: str | None = None) -> None:
         if self.collector is not None:
             return
+        if self.rank > 0:
+            # each rank collects its own rollouts: other env seeds, other shuffles, other action noise
+            self.generator.manual_seed(self.rank_seed(self.seed))
+            torch.manual_seed(self.rank_seed(self.seed + 1))
         envs = self.make_envs()
         param_dim = self.trainer.lightning_module.policy.head.param_dim
         if self.episodic:
@@ -224,15 +245,18 @@ class OnPolicyDataModule(L.LightningDataModule):
                                  "episode collector")
             self.collector = EpisodeCollector(envs, self.collector_cfg["num_groups"],
                                               self.collector_cfg["group_size"], int(max_steps), param_dim,
-                                              self.seed)
+                                              self.rank_seed(self.seed))
         else:
             # a resumed run restarts its episodes from other start states than the original start did
             reset_seed = self.seed if self.total_env_steps == 0 else self.seed + 1 + self.total_env_steps
-            self.collector = SegmentCollector(envs, self.collector_cfg["num_steps"], param_dim, reset_seed)
+            self.collector = SegmentCollector(envs, self.collector_cfg["num_steps"], param_dim,
+                                              self.rank_seed(reset_seed))
         self._apply_pending_state()
 
     def teardown(self, stage: str | None = None) -> None:
         if self.envs is not None:
+            # the final checkpoint (last.ckpt) is written after fit, when the envs are closed: keep the statistics
+            self._normalization_cache = self._normalization_state()
             self.envs.close()
             self.envs = None
             self.collector = None
@@ -245,8 +269,11 @@ class OnPolicyDataModule(L.LightningDataModule):
             # collecting then would step the envs and move the counters for nothing
             return DataLoader([], batch_size=None)
         act, value = module.rollout_policy()
+        start = self._running_stats() if self.world_size > 1 else None
         with torch.inference_mode():
             rollout = self.collector.collect(act, value)
+        if start:
+            self._sync_running_stats(start)
         check_rollout_finite(rollout, int(module.env_steps))
         valid = rollout.valid
         self.total_env_steps += rollout.num_transitions
@@ -289,6 +316,30 @@ class OnPolicyDataModule(L.LightningDataModule):
         count = flat[0].shape[0]
         return Batch(*flat, torch.ones(count), torch.zeros(count, dtype=torch.long), 1), None
 
+    # -- normalisation statistics identical on every rank (as one VecNormalize over all ranks' envs) ------
+    def _running_stats(self) -> dict:
+        """The RunningMeanStd objects of observation and reward normalisation, by name (empty without them)."""
+        stats = {}
+        obs_norm = find_wrapper(self.envs, vw.NormalizeObservation)
+        if obs_norm is not None:
+            stats["obs"] = (obs_norm.obs_rms, (obs_norm.obs_rms.mean.copy(), obs_norm.obs_rms.var.copy(),
+                                               float(obs_norm.obs_rms.count)))
+        reward_norm = find_wrapper(self.envs, vw.NormalizeReward)
+        if reward_norm is not None:
+            rms = reward_norm.return_rms
+            stats["return"] = (rms, (np.copy(rms.mean), np.copy(rms.var), float(rms.count)))
+        return stats
+
+    def _sync_running_stats(self, start: dict) -> None:
+        """After a rollout: merge every rank's updates since ``start`` into the same statistics on all ranks."""
+        mine = {name: (rms.mean, rms.var, float(rms.count)) for name, (rms, _) in start.items()}
+        everyone = all_ranks(mine)
+        for name, (rms, start_state) in start.items():
+            mean, var, count = merge_running_stats(start_state, [ranks[name] for ranks in everyone])
+            rms.mean = mean.astype(rms.mean.dtype) if hasattr(rms.mean, "astype") else mean
+            rms.var = var.astype(rms.var.dtype) if hasattr(rms.var, "astype") else var
+            rms.count = count
+
     # -- evaluation ----------------------------------------------------------------------------------
     def make_eval_envs(self, num_envs: int, **overrides):
         """A separate vector env for evaluation whose observation normalisation is frozen at the training
@@ -315,18 +366,27 @@ class OnPolicyDataModule(L.LightningDataModule):
         state = {"total_env_steps": self.total_env_steps, "generator": self.generator.get_state()}
         if isinstance(self.collector, EpisodeCollector):
             state["group_rng"] = self.collector.rng.bit_generator.state
-        envs = self.envs
-        if envs is not None:
-            obs_norm = find_wrapper(envs, vw.NormalizeObservation)
-            if obs_norm is not None:
-                state["obs_rms"] = rms_state(obs_norm.obs_rms)
-            reward_norm = find_wrapper(envs, vw.NormalizeReward)
-            if reward_norm is not None:
-                state["return_rms"] = rms_state(reward_norm.return_rms)
+        if self.world_size > 1:  # every rank's own shuffling and group-seed streams (rank 0 writes the file)
+            state["per_rank"] = all_ranks(
+                {k: state[k] for k in ("generator", "group_rng") if k in state})
+        state.update(self._normalization_state() if self.envs is not None else self._normalization_cache)
+        return state
+
+    def _normalization_state(self) -> dict:
+        state = {}
+        obs_norm = find_wrapper(self.envs, vw.NormalizeObservation)
+        if obs_norm is not None:
+            state["obs_rms"] = rms_state(obs_norm.obs_rms)
+        reward_norm = find_wrapper(self.envs, vw.NormalizeReward)
+        if reward_norm is not None:
+            state["return_rms"] = rms_state(reward_norm.return_rms)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.total_env_steps = state["total_env_steps"]
+        per_rank = state.get("per_rank")
+        if per_rank and self.rank < len(per_rank):
+            state = {**state, **per_rank[self.rank]}
         self.generator.set_state(state["generator"])
         self._pending_state = state  # applied once the envs and the collector exist
         if self.collector is not None:

@@ -21,8 +21,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-__all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "check_observation_space", "find_wrapper",
-           "require_video_support", "run_episodes", "rms_state",
+__all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "merge_running_stats", "check_observation_space",
+           "find_wrapper", "require_video_support", "run_episodes", "rms_state",
            "load_rms", "VECTORIZATIONS"]
 
 VECTORIZATIONS = ("auto", "native", "sync", "async", "envpool")
@@ -176,6 +176,28 @@ def check_observation_space(space: gym.Space, env_id: str) -> None:
     else:
         fix = "wrap the env so it returns a Box observation (pglab's networks take fixed-size float vectors)"
     raise ValueError(f"{env_id} has observation space {space}, which pglab's networks cannot read: {fix}")
+
+
+def merge_running_stats(start: tuple, ranks: list[tuple]) -> tuple:
+    """The statistics one RunningMeanStd would hold had it seen every rank's observations since ``start``.
+
+    Each rank's (mean, var, count) is ``start`` updated with that rank's own data; its increment is recovered by
+    inverting the parallel-variance update (Chan et al.), and all increments are combined with ``start``.
+    mean/var are arrays of the statistic's shape; count a float. Returns (mean, var, count)."""
+    m0, v0, n0 = (np.asarray(start[0], np.float64), np.asarray(start[1], np.float64), float(start[2]))
+    groups = [(m0, v0 * n0, n0)]  # (mean, M2, count) per group: the shared start, then each rank's increment
+    for mean_r, var_r, n_r in ranks:
+        mean_r, var_r, n_r = np.asarray(mean_r, np.float64), np.asarray(var_r, np.float64), float(n_r)
+        n_b = n_r - n0
+        if n_b <= 0:
+            continue
+        mean_b = (n_r * mean_r - n0 * m0) / n_b
+        m2_b = n_r * var_r - n0 * v0 - (mean_b - m0) ** 2 * n0 * n_b / n_r
+        groups.append((mean_b, np.maximum(m2_b, 0.0), n_b))
+    count = sum(g[2] for g in groups)
+    mean = sum(g[0] * g[2] for g in groups) / count
+    m2 = sum(g[1] + g[2] * (g[0] - mean) ** 2 for g in groups)
+    return mean, m2 / count, count
 
 
 def rms_state(rms) -> dict:

@@ -9,6 +9,7 @@ of the learner.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from pglab.data import Batch, RolloutStats
+from pglab.distributed import all_ranks
 from pglab.networks import ActorCritic, ActOutput
 from pglab.surrogates import Surrogate, SurrogateInput, value_loss
 
@@ -102,8 +104,33 @@ class PolicyGradientModule(L.LightningModule):
 
         return act, value
 
+    # -- several processes (DDP): counters, metrics and decisions are global, the same on every rank -----
+    @property
+    def world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _sum_over_ranks(self, values: Tensor) -> Tensor:
+        """Elementwise sum over ranks (identity on one process). [K] → [K]"""
+        if self.world_size == 1:
+            return values
+        return self.trainer.strategy.reduce(values.to(self.device), reduce_op="sum").cpu()
+
+    def _gather_over_ranks(self, values: Tensor) -> Tensor:
+        """Concatenation over ranks of 1-D tensors of different lengths (identity on one process). [n_r] → [Σ n_r]"""
+        if self.world_size == 1:
+            return values
+        return torch.tensor([v for rank in all_ranks(values.tolist()) for v in rank], dtype=values.dtype)
+
     def record_rollout(self, stats: RolloutStats, batch: Batch | None = None) -> None:
-        """What one rollout measured, and its flat batch (None when it held no real transition)."""
+        """What one rollout measured, and its flat batch (None when it held no real transition).
+
+        Under DDP every rank calls this at the same point: env steps are summed and episodes gathered over ranks,
+        so the budget, the LR schedule, the x-axis and the episode metrics are global."""
+        if self.world_size > 1:
+            steps = int(self._sum_over_ranks(torch.tensor([float(stats.env_steps)]))[0])
+            stats = RolloutStats(steps, self._gather_over_ranks(stats.episode_returns),
+                                 self._gather_over_ranks(stats.episode_lengths), stats.explained_variance,
+                                 stats.advantage_mean, stats.advantage_std)
         self.last_rollout = stats
         self._rollout_batch = batch
         self.env_steps += stats.env_steps
@@ -111,10 +138,19 @@ class PolicyGradientModule(L.LightningModule):
             self.skipped_rollouts += 1
 
     # -- checkpoints: everything a resumed run needs beyond the state_dict and the optimiser ---------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # RNG states as tensors and plain values so the checkpoint stays loadable with weights_only=True
+    @staticmethod
+    def _rng_state() -> dict:
+        """This process's torch/numpy/python RNG states as tensors and plain values (weights_only-loadable)."""
         name, keys, pos, has_gauss, cached = np.random.get_state()
         version, internal, gauss = random.getstate()
+        return {"torch": torch.get_rng_state(),
+                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+                "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        rng = self._rng_state()
+        # under DDP every rank saves (Lightning calls this on all ranks; rank 0 writes): each restores its own
+        rng_per_rank = all_ranks(rng) if self.world_size > 1 else None
         checkpoint["pglab"] = {
             "config": self.run_config,
             "choices": self.run_choices,
@@ -123,9 +159,8 @@ class PolicyGradientModule(L.LightningModule):
             "lr_anchor": list(self.lr_anchor),
             "total_env_steps": int(self.hparams.total_env_steps),
             "skipped": [self.skipped_updates, self.skipped_rollouts],
-            "rng": {"torch": torch.get_rng_state(),
-                    "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-                    "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]},
+            "rng": rng,
+            "rng_per_rank": rng_per_rank,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -147,7 +182,11 @@ class PolicyGradientModule(L.LightningModule):
                       f"steps; the extended run anneals from lr·(1 − t/{self.hparams.total_env_steps}) instead")
         else:
             self.lr_anchor = (int(t0), float(f0))
-        rng = checkpoint.get("pglab", {}).get("rng")
+        rng = payload.get("rng")
+        per_rank = payload.get("rng_per_rank")
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if per_rank and rank < len(per_rank):
+            rng = per_rank[rank]
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             name, keys, pos, has_gauss, cached = rng["numpy"]
@@ -195,21 +234,26 @@ class PolicyGradientModule(L.LightningModule):
         max_norm = self.hparams.max_grad_norm
         params = [p for p in self.policy.parameters() if p.requires_grad]
         for batch in minibatches:
-            if self._stop_epoch or self.stop_signal is not None:
-                break  # target-KL early stop, or SIGTERM/SIGINT: stop at this update boundary
+            if self._stop_epoch or (self.stop_signal is not None and self.world_size == 1):
+                # target-KL early stop (decided on the global KL, so every rank stops together), or SIGTERM/SIGINT
+                # on one process; under DDP a signal is acted on at the rollout's end, agreed by every rank
+                break
             if self._finite_snapshot is None:
                 self._finite_snapshot = [p.detach().clone() for p in params]
             loss = self.minibatch_loss(batch)
-            if self.hparams.lightning_optimizer:
-                # through Lightning: precision plugins, strategy hooks, trainer.global_step
+            if self._through_lightning:
+                # through Lightning: precision plugins, DDP's gradient all-reduce (prepared by manual_backward
+                # before every backward, so several updates per step stay synchronised), trainer.global_step
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
-                grad_norm = self._grad_norm(params, max_norm)
+                if max_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+                grad_norm = self._grad_norm(params, None)
                 if self._update_is_finite(loss, grad_norm):
                     optimizer.step()
             else:
-                # the torch optimizer directly: ~0.5 ms less per update (11% of a CartPole PPO run);
-                # start-up validation allows it only at 32-bit precision on a single device
+                # the torch optimizer directly: ~0.5 ms less per update (11% of a CartPole PPO run); used only on
+                # one process at 32-bit precision, where Lightning's wrappers add nothing
                 torch_optimizer = optimizer.optimizer
                 torch_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -222,6 +266,13 @@ class PolicyGradientModule(L.LightningModule):
                 step_progress.increment_completed()
             self.updates += 1
         self._check_parameters(params)
+
+    @property
+    def _through_lightning(self) -> bool:
+        """Updates through Lightning's optimizer wrappers: when asked, under several processes (DDP needs its
+        gradient all-reduce) and under mixed precision (gradient scaling)."""
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        return bool(self.hparams.lightning_optimizer) or self.world_size > 1 or precision not in ("32", "32-true")
 
     @staticmethod
     def _grad_norm(params: list[Tensor], max_norm: float | None) -> Tensor:
@@ -293,25 +344,39 @@ class PolicyGradientModule(L.LightningModule):
             stats["value_loss"] = v_loss.detach()
         for key, value in stats.items():
             self._epoch_stats[key].append(value)
-        if self.hparams.target_kl is not None and float(surrogate.stats["approx_kl"]) > self.hparams.target_kl:
+        target_kl = self.hparams.target_kl
+        if target_kl is not None and self._global_mean(surrogate.stats["approx_kl"]) > target_kl:
             self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
         return loss
 
+    def _global_mean(self, value: Tensor) -> float:
+        """The mean of a per-rank scalar over ranks (every rank gets the same number: same decisions)."""
+        if self.world_size == 1:
+            return float(value)
+        return float(self._sum_over_ranks(value.detach().reshape(1).float().cpu())[0]) / self.world_size
+
     @torch.no_grad()
     def post_update_kl(self) -> float | None:
-        """E[KL(π_old ‖ π_θ)] over the rollout's real rows with the updated θ (analytic, from the policy head)."""
+        """E[KL(π_old ‖ π_θ)] over the rollout's real rows with the updated θ (analytic, from the policy head);
+        over every rank's rows under DDP."""
         batch = self._rollout_batch
-        if batch is None or self.updates == 0:
+        if self.updates == 0 or (batch is None and self.world_size == 1):
             return None
-        out = self.policy.evaluate(batch.obs, batch.actions)
-        kl = self.policy.kl(batch.dist_params_old, out.dist_params)
-        return float((kl * batch.mask).sum() / batch.mask.sum().clamp_min(1.0))
+        total = torch.zeros(2)
+        if batch is not None:
+            out = self.policy.evaluate(batch.obs, batch.actions)
+            kl = self.policy.kl(batch.dist_params_old, out.dist_params)
+            total = torch.stack([(kl * batch.mask).sum(), batch.mask.sum()]).float().cpu()
+        total = self._sum_over_ranks(total)
+        return float(total[0] / total[1]) if total[1] > 0 else None
 
     def on_train_epoch_end(self) -> None:
         metrics: dict[str, float] = {}
         for key, values in self._epoch_stats.items():
             metrics[f"train/{key}"] = float(torch.stack(values).float().mean())
         self._epoch_stats.clear()
+        if self.world_size > 1:
+            metrics.update(self._mean_over_ranks(metrics))
         kl = self.post_update_kl()
         if kl is not None:
             # the adaptive-β rule (PPO paper §4) uses d = E[KL(π_old ‖ π_θ)] after the rollout's updates;
@@ -335,6 +400,19 @@ class PolicyGradientModule(L.LightningModule):
         if elapsed > 0:
             metrics["perf/sps"] = (int(self.env_steps) - self._start_steps) / elapsed
         self.emit_metrics(metrics)  # NaN included: a NaN metric is information, not something to drop
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Per-rank diagnostics averaged over ranks (each rank's mean over its own minibatches, equally weighted).
+
+        Ranks may hold different keys (a rank whose rollout had no real row logged no train/* diagnostics; custom
+        surrogates log their own), so whole dicts are exchanged; a key a rank lacks does not count as 0."""
+        gathered = all_ranks(metrics)
+        keys = sorted({k for m in gathered for k in m})
+        out = {}
+        for key in keys:
+            values = [m[key] for m in gathered if key in m and math.isfinite(m[key])]
+            out[key] = sum(values) / len(values) if values else math.nan
+        return out
 
     _PROGRESS_BAR_KEYS = ("rollout/episode_return", "env_steps", "perf/sps")
 

@@ -32,6 +32,7 @@ from pglab.callbacks import EvalCallback, SolveTracker
 from pglab.checkpoints import CheckpointError, load_checkpoint, resume_config
 from pglab.checks import ConfigError, check_combination, check_types
 from pglab.data import NonFiniteRolloutError, OnPolicyDataModule
+from pglab.distributed import all_ranks
 from pglab.envs import EnvConfig, require_video_support
 from pglab.hydra_callbacks import mark_failed
 from pglab.loggers import finish_wandb, sync_hint
@@ -84,6 +85,9 @@ class GracefulStop(L.Callback):
             signal.signal(signum, handle)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        if trainer.world_size > 1:
+            # a signal may reach some ranks only: stop all of them, at the same rollout
+            module.stop_signal = next((s for s in all_ranks(module.stop_signal) if s is not None), None)
         if module.stop_signal is not None:
             trainer.should_stop = True
 
@@ -181,8 +185,12 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
     progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
     if progress:
         callbacks.append(RichProgressBar())
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                          enable_checkpointing=bool(cfg.checkpoint.enabled), enable_progress_bar=progress)
+    try:
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                              enable_checkpointing=bool(cfg.checkpoint.enabled), enable_progress_bar=progress)
+    except InstantiationException as err:  # e.g. trainer=gpu on a machine without CUDA
+        raise ConfigError(f"this configuration cannot run:\n  - trainer: {err.__cause__ or err} (trainer=cpu runs "
+                          "anywhere; trainer=ddp trainer.accelerator=cpu spreads over CPU processes)") from err
     return Run(trainer, module, datamodule, cfg)
 
 
@@ -235,6 +243,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
         steps = int(r.module.env_steps)
         code = 0
+        if not r.trainer.is_global_zero:  # under DDP rank 0 speaks for the run
+            return metrics, 128 + int(r.module.stop_signal) if r.module.stop_signal is not None else 0
         if r.module.stop_signal is not None:
             code = 128 + int(r.module.stop_signal)
             name = signal.Signals(r.module.stop_signal).name

@@ -72,17 +72,21 @@ def test_target_kl_stops_the_rest_of_the_epoch(make_cfg):
     assert epochs <= r.module.updates <= 2 * epochs
 
 
-@pytest.mark.parametrize("approx_kl, expected", [(0.001, 0.5), (0.01, 1.0), (0.1, 2.0)])
-def test_adaptive_beta_updates_once_per_rollout(approx_kl, expected):
+@pytest.mark.parametrize("kl, expected", [(0.001, 0.5), (0.01, 1.0), (0.1, 2.0)])
+def test_adaptive_beta_updates_once_per_rollout_on_the_post_update_kl(kl, expected):
     module = _module(surrogate=KLPenalty(beta=1.0, adaptive=True, target_kl=0.01))
-    module._epoch_stats["approx_kl"].extend([torch.tensor(approx_kl)] * 3)
+    module._epoch_stats["approx_kl"].extend([torch.tensor(0.0)] * 3)  # pre-update estimates: ignored by the rule
+    module.post_update_kl = lambda: kl  # its analytic computation is tested in test_reliability
 
     class _Trainer:  # on_train_epoch_end only needs loggers and the optimiser's lr from the trainer
         loggers = []
         callback_metrics: dict = {}
         progress_bar_metrics: dict = {}
+        world_size = 1
+        precision = "32-true"
 
     module._trainer = _Trainer()
     module.optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.1)
     module.on_train_epoch_end()
     assert float(module.surrogate.beta) == expected
+    assert module._trainer.callback_metrics["train/kl_post_update"] == kl

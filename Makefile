@@ -8,10 +8,10 @@ TORCH_INDEX ?=
 EXTRAS ?= dev,plot,launchers
 ARGS ?=
 
-.PHONY: help install train test lint bench ladder clean
+.PHONY: help install train test lint bench ladder gpu-check clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: install  ## speed + learning benchmarks (writes benchmarks/results/)
 
 ladder: install  ## every rung on CartPole + Acrobot, 5 seeds, docs/ladder.md (hours; reduced: ARGS="--steps 50000 --seeds 2 --envs cartpole")
 	$(BIN)/python benchmarks/ladder.py $(ARGS)
+
+gpu-check: install  ## on a CUDA machine: CUDA tests + a short GPU throughput benchmark (< 5 min)
+	WANDB_MODE=disabled $(BIN)/python benchmarks/gpu_check.py
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

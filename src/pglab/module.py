@@ -48,6 +48,9 @@ class PolicyGradientModule(L.LightningModule):
         reference_refresh_every: copy the policy into the frozen reference every M epochs (0: never after
             the start). Only used when the surrogate needs a reference (GRPO with β > 0).
         max_grad_norm: clip the global gradient norm of every update (None: no clipping).
+        clip_per_group: clip the policy's and the value's gradients to ``max_grad_norm`` each instead of their joint
+            norm (the value gradient is often 10–100× the policy's, so one global clip mostly shrinks the policy
+            step). Needs a policy with ``gradient_groups`` (ActorCritic).
         nonfinite: what a non-finite loss or gradient does: ``stop`` the run (the default; the parameters of the
             last finite update are kept and checkpointed) or ``skip`` that update and count it
             (``train/skipped_updates``). Non-finite parameters always stop the run.
@@ -59,7 +62,8 @@ class PolicyGradientModule(L.LightningModule):
                  anneal_lr: bool = True, total_env_steps: int = 100_000, vf_coef: float = 0.5,
                  ent_coef: float = 0.0, value_clip: float | None = None, normalize_advantages: bool = True,
                  target_kl: float | None = None, reference_refresh_every: int = 0,
-                 max_grad_norm: float | None = 0.5, nonfinite: str = "stop", lightning_optimizer: bool = False) -> None:
+                 max_grad_norm: float | None = 0.5, clip_per_group: bool = False, nonfinite: str = "stop",
+                 lightning_optimizer: bool = False) -> None:
         super().__init__()
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"learner.nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -78,6 +82,7 @@ class PolicyGradientModule(L.LightningModule):
         self._stop_epoch = False
         self.stop_signal: int | None = None  # set by a signal handler: stop at the next update boundary
         self.skipped_updates = 0  # non-finite updates skipped (learner.nonfinite=skip)
+        self._group_norm: dict[str, Tensor] = {}
         self.skipped_rollouts = 0  # rollouts without a single real transition (nothing to learn from)
         # linear LR annealing runs from (env step t0, lr fraction f0) to (total_env_steps, 0); a resumed run with
         # another budget re-anchors at its resume point, so the schedule continues instead of jumping
@@ -246,9 +251,12 @@ class PolicyGradientModule(L.LightningModule):
                 # before every backward, so several updates per step stay synchronised), trainer.global_step
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
-                if max_norm is not None:
+                self._record_group_norms()
+                if max_norm is not None and not self.hparams.clip_per_group:
                     self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
-                grad_norm = self._grad_norm(params, None)
+                    grad_norm = self._grad_norm(params, None)
+                else:
+                    grad_norm = self._grad_norm(params, max_norm)
                 if self._update_is_finite(loss, grad_norm):
                     optimizer.step()
             else:
@@ -257,6 +265,7 @@ class PolicyGradientModule(L.LightningModule):
                 torch_optimizer = optimizer.optimizer
                 torch_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self._record_group_norms()
                 grad_norm = self._grad_norm(params, max_norm)
                 if self._update_is_finite(loss, grad_norm):
                     torch_optimizer.step()
@@ -274,9 +283,28 @@ class PolicyGradientModule(L.LightningModule):
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         return bool(self.hparams.lightning_optimizer) or self.world_size > 1 or precision not in ("32", "32-true")
 
-    @staticmethod
-    def _grad_norm(params: list[Tensor], max_norm: float | None) -> Tensor:
-        """The global gradient norm before clipping (clipping to ``max_norm`` when set)."""
+    def _record_group_norms(self) -> None:
+        """train/grad_norm_policy and train/grad_norm_value: each group's gradient norm before any clipping."""
+        groups = getattr(self.policy, "gradient_groups", None)
+        if groups is None:
+            return
+        self._groups = groups()
+        for name, grads in zip(("policy", "value"), self._groups, strict=True):
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                self._epoch_stats[f"grad_norm_{name}"].append(norm.detach())
+                self._group_norm[name] = norm
+
+    def _grad_norm(self, params: list[Tensor], max_norm: float | None) -> Tensor:
+        """The global gradient norm before clipping (clipping to ``max_norm`` when set: jointly, or per group)."""
+        if max_norm is not None and self.hparams.clip_per_group and getattr(self, "_groups", None):
+            total = torch.zeros(())
+            for name, grads in zip(("policy", "value"), self._groups, strict=True):
+                if grads:
+                    norm = self._group_norm[name]
+                    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+                    total = total + norm**2
+            return total.sqrt()
         if max_norm is not None:
             return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         grads = [p.grad for p in params if p.grad is not None]

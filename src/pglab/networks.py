@@ -301,6 +301,36 @@ class ActorCritic(nn.Module):
         """Analytic KL(π_old ‖ π_new) per row. [B]"""
         return self.head.kl(params_old, params_new)
 
+    def gradient_groups(self) -> tuple[list[Tensor], list[Tensor]]:
+        """The current gradients split into (policy, value) pieces (views, so scaling them scales the gradient).
+
+        Separate trunks: block 0 of every stacked layer and of the output layer (+ a Gaussian's log_std) is the
+        policy's, block 1 the value's. A shared trunk's gradient mixes both losses; it is counted as the policy's,
+        and the value group is the value head alone. Without a value head everything is the policy's."""
+        policy, value = [], []
+        if self.has_value and not self.stacked:
+            # one output layer [feat, P+1]: the last column is the value head
+            for grad in (self.out.weight.grad, self.out.bias.grad):
+                if grad is not None:
+                    policy.append(grad[..., : self.out_width])
+                    value.append(grad[..., self.out_width:])
+            layers = list(self.trunk)
+        else:
+            layers = [*self.trunk, self.out]
+        for layer in layers:
+            for grad in (layer.weight.grad, layer.bias.grad):
+                if grad is None:
+                    continue
+                if self.stacked:
+                    policy.append(grad[0])
+                    value.append(grad[1])
+                else:
+                    policy.append(grad)
+        log_std = getattr(self.head, "log_std", None)
+        if log_std is not None and log_std.grad is not None:
+            policy.append(log_std.grad)
+        return policy, value
+
     @torch.no_grad()
     def fused_actor(self) -> FusedActor:
         """A frozen snapshot of this network for collection: one ``addmm`` per layer for policy *and* value.

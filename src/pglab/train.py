@@ -44,6 +44,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 __all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
 
 EXIT_REFUSED, EXIT_NONFINITE = 2, 3
+SCHEDULE_KEYS = ("epochs", "num_minibatches", "minibatches_per_step")  # learner.* keys read by the DataModule
 
 
 class EnvStepBudget(L.Callback):
@@ -140,12 +141,9 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
                               envs.single_action_space)
     except (ValueError, TypeError) as err:  # a model that does not fit the env, an unknown model key, ...
         raise ConfigError(f"this configuration cannot run:\n  - model: {err}") from err
-    u = cfg.learner
-    module = PolicyGradientModule(
-        policy, surrogate, lr=u.lr, adam_eps=u.adam_eps, anneal_lr=u.anneal_lr, total_env_steps=cfg.total_env_steps,
-        vf_coef=u.vf_coef, ent_coef=u.ent_coef, value_clip=u.value_clip, normalize_advantages=u.normalize_advantages,
-        target_kl=u.target_kl, reference_refresh_every=u.reference_refresh_every, max_grad_norm=u.max_grad_norm,
-        nonfinite=u.nonfinite, lightning_optimizer=u.lightning_optimizer)
+    # learner.* are the module's constructor arguments, except the update schedule the DataModule consumes
+    learner = {k: v for k, v in OmegaConf.to_container(cfg.learner, resolve=True).items() if k not in SCHEDULE_KEYS}
+    module = PolicyGradientModule(policy, surrogate, total_env_steps=cfg.total_env_steps, **learner)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if HydraConfig.initialized():
         module.run_choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()

@@ -6,10 +6,11 @@ from collections import deque
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 
 from pglab.envs import run_episodes
 
-__all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck"]
+__all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar"]
 
 
 class EvalCallback(L.Callback):
@@ -79,6 +80,60 @@ def log_videos(trainer: L.Trainer, video_dir: str | None, step: int) -> None:
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_video("eval/video", [str(videos[-1])], step=step, format=["mp4"])
+
+
+class EnvStepProgressBar(ProgressBar):
+    """A progress bar counted in env steps: done/total, the running return, env steps/s and the time left.
+
+    Lightning's bars count batches and epochs; pglab's epochs are rollouts of varying size under an env-step
+    budget, so they show "Epoch 392/-2". This one is updated once per rollout (rich, rank 0 only)."""
+
+    def __init__(self, total_env_steps: int) -> None:
+        super().__init__()
+        self.total_env_steps = total_env_steps
+        self._enabled = True
+        self._progress = None
+        self._task = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("[bold]pglab"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("env steps"), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=self.total_env_steps,
+                                             completed=min(int(module.env_steps), self.total_env_steps), info="")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        if self._progress is None:
+            return
+        metrics = trainer.callback_metrics
+        parts = []
+        for key, label, fmt in (("rollout/return_mean20", "return(20)", "{:.1f}"),
+                                ("eval/return_mean", "eval", "{:.1f}"), ("perf/sps", "", "{:,.0f} steps/s")):
+            if key in metrics:
+                parts.append(f"{label} {fmt.format(float(metrics[key]))}".strip())
+        self._progress.update(self._task, completed=min(int(module.env_steps), self.total_env_steps),
+                              info=" · ".join(parts))
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
+        self._stop()
 
 
 class ReplicaCheck(L.Callback):

@@ -99,9 +99,13 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
     import wandb
 
     extra = {"id": id, "resume": "allow"} if id else {}
-    return WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
-                       mode=resolved, tags=list(tags or []),
-                       settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
+    logger = WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
+                         mode=resolved, tags=list(tags or []),
+                         settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
+    # Lightning always passes wandb.init an `anonymous` argument that W&B ≥ 0.19 deprecates (a warning on every
+    # run); pglab never uses anonymous mode, so the argument is dropped at its source
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def sync_hint(save_dir: str) -> str | None:

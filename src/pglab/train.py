@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.callbacks import EvalCallback, SolveTracker
+from pglab.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
 from pglab.checkpoints import CheckpointError, load_checkpoint, resume_config
 from pglab.checks import ConfigError, check_combination, check_types
 from pglab.data import NonFiniteRolloutError, OnPolicyDataModule
@@ -40,6 +41,9 @@ from pglab.module import NonFiniteError, PolicyGradientModule
 from pglab.networks import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# Lightning 2.6's own use of a torch API that torch 2.13 deprecates: printed twice per run, not actionable here
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 __all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
 
@@ -182,7 +186,7 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
     if progress:
-        callbacks.append(RichProgressBar())
+        callbacks.append(EnvStepProgressBar(cfg.total_env_steps))
     try:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                               enable_checkpointing=bool(cfg.checkpoint.enabled), enable_progress_bar=progress)

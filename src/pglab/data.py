@@ -112,9 +112,9 @@ class _MinibatchDataset(Dataset):
             return Batch(b.obs[rows], b.actions[rows], b.logp_old[rows], b.values_old[rows],
                          b.dist_params_old[rows], b.advantages[rows], b.targets[rows], b.mask[rows],
                          b.episode_ids[rows], 1)
-        L_ = self.episode_length
-        rows = (index.unsqueeze(1) * L_ + torch.arange(L_).unsqueeze(0)).reshape(-1)
-        local_ids = torch.arange(index.numel()).repeat_interleave(L_)
+        length = self.episode_length
+        rows = (index.unsqueeze(1) * length + torch.arange(length).unsqueeze(0)).reshape(-1)
+        local_ids = torch.arange(index.numel()).repeat_interleave(length)
         return Batch(b.obs[rows], b.actions[rows], b.logp_old[rows], b.values_old[rows], b.dist_params_old[rows],
                      b.advantages[rows], b.targets[rows], b.mask[rows], local_ids, int(index.numel()))
 

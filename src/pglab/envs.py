@@ -81,8 +81,8 @@ def _resolve_mode(spec: gym.envs.registration.EnvSpec, vectorization: str) -> st
     return "vector_entry_point" if vectorization == "native" else vectorization
 
 
-def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str | None = None,
-                    normalize_obs: bool | None = None) -> gym.vector.VectorEnv:
+def make_vector_env(cfg: EnvConfig, num_envs: int | None = None,
+                    vectorization: str | None = None) -> gym.vector.VectorEnv:
     """Build ``num_envs`` copies of ``cfg.id`` with episode statistics and the configured normalisation.
 
     Wrapper order (inner → outer): episode statistics on the *raw* rewards, action clipping (Box),
@@ -92,7 +92,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
         from pglab.envpool_env import make_envpool_vector_env  # optional back-end: pip install 'pglab[envpool]'
 
         envs = make_envpool_vector_env(cfg, num_envs or cfg.num_envs)
-        return _wrap_vector_env(envs, cfg, normalize_obs)
+        return _wrap_vector_env(envs, cfg)
     env_id = resolve_env_id(cfg.id)
     try:
         spec = gym.spec(env_id)
@@ -118,7 +118,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: 
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
         raise ValueError(f"{cfg.id}'s vector env does not use next-step autoreset, which pglab's collector "
                          "relies on; use env.vectorization=sync")
-    return _wrap_vector_env(envs, cfg, normalize_obs)
+    return _wrap_vector_env(envs, cfg)
 
 
 def _single_env_wrapper(spec):
@@ -133,7 +133,7 @@ def _single_env_wrapper(spec):
     return functools.partial(get_method(spec.pop("_target_")), **spec)
 
 
-def _wrap_vector_env(envs, cfg: EnvConfig, normalize_obs: bool | None):
+def _wrap_vector_env(envs, cfg: EnvConfig):
     """pglab's vector wrappers, the same for every back-end (see make_vector_env)."""
     envs = vw.RecordEpisodeStatistics(envs)
     if cfg.flatten_obs:
@@ -141,7 +141,7 @@ def _wrap_vector_env(envs, cfg: EnvConfig, normalize_obs: bool | None):
     check_observation_space(envs.single_observation_space, cfg.id)
     if isinstance(envs.single_action_space, gym.spaces.Box) and cfg.clip_actions:
         envs = vw.ClipAction(envs)
-    if cfg.normalize_obs if normalize_obs is None else normalize_obs:
+    if cfg.normalize_obs:
         envs = vw.NormalizeObservation(envs)
         if cfg.clip_obs is not None:
             bound = float(cfg.clip_obs)

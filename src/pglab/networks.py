@@ -207,7 +207,6 @@ class ActorCritic(nn.Module):
                  log_std_init: float = 0.0) -> None:
         super().__init__()
         kind, size = action_space
-        self.shared = shared
         self.has_value = value_head
         self.discrete = kind == "discrete"
         hidden = tuple(hidden)

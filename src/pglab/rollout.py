@@ -80,7 +80,7 @@ class _Buffers:
                                      self.dist_params.unbind(0), strict=True))
         self._obs_rows = [torch.from_numpy(row) for row in self.obs]  # zero-copy tensors over the numpy rows
 
-    def view(self, length: int, episode_returns: list, episode_lengths: list) -> Rollout:
+    def snapshot(self, length: int, episode_returns: list, episode_lengths: list) -> Rollout:
         """A Rollout of the first ``length`` rows (copies, so the buffers can be refilled)."""
         sl = slice(0, length)
         return Rollout(
@@ -158,7 +158,7 @@ class SegmentCollector:
             prev_done = done
         self.obs, self.prev_done = np.asarray(obs, dtype=np.float32), prev_done
         b.values[self.num_steps] = value_fn(torch.from_numpy(self.obs))
-        return b.view(self.num_steps, returns, lengths)
+        return b.snapshot(self.num_steps, returns, lengths)
 
 
 class EpisodeCollector:
@@ -211,6 +211,6 @@ class EpisodeCollector:
         # V(obs after the last row): the final observation of the env that ended last (its truncation
         # bootstrap) and, for an episode cut at max_steps, V(s_T).
         b.values[length] = value_fn(torch.as_tensor(obs, dtype=torch.float32))
-        rollout = b.view(length, returns, lengths)
+        rollout = b.snapshot(length, returns, lengths)
         rollout.group_ids = self.group_ids.clone()
         return rollout

@@ -104,14 +104,14 @@ class GracefulStop(L.Callback):
 
 
 @dataclass
-class Run:
+class Built:
     trainer: L.Trainer
     module: PolicyGradientModule
     datamodule: OnPolicyDataModule
     cfg: DictConfig
 
 
-def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
+def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
     """Everything ``fit`` needs, validated before any environment steps."""
     check_types(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -193,7 +193,7 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Run:
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without CUDA
         raise ConfigError(f"this configuration cannot run:\n  - trainer: {err.__cause__ or err} (trainer=cpu runs "
                           "anywhere; trainer=ddp trainer.accelerator=cpu spreads over CPU processes)") from err
-    return Run(trainer, module, datamodule, cfg)
+    return Built(trainer, module, datamodule, cfg)
 
 
 def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:

@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev,plot,launchers
 ARGS ?=
+TEST_WORKERS ?= auto
 
 .PHONY: help install train test lint bench ladder gpu-check clean
 
@@ -25,8 +26,8 @@ install: $(BIN)/.installed  ## create .venv with torch (CPU wheel unless TORCH_S
 train: install  ## train the default PPO on CartPole-v1 (extra Hydra overrides: make train ARGS="seed=1")
 	$(BIN)/python -m pglab.train $(ARGS)
 
-test: install  ## run the test suite (unit + integration)
-	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q $(ARGS)
+test: install  ## run the test suite (unit + integration) on TEST_WORKERS processes (pytest-xdist; auto = one per core)
+	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check src tests benchmarks

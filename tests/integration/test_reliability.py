@@ -349,3 +349,13 @@ def test_linear_policy_trains(make_cfg):
 
 def test_nonfinite_error_is_the_modules_own():
     assert issubclass(NonFiniteError, RuntimeError)
+
+
+def test_last_checkpoint_keeps_the_normalisation_statistics(tmp_path):
+    # last.ckpt is written after fit, when the envs are closed: the statistics must survive teardown
+    out = _small_run(tmp_path, "env=pendulum")
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    state = ckpt["OnPolicyDataModule"]
+    assert {"obs_rms", "return_rms"} <= set(state) and state["obs_rms"]["count"] > 1000
+    results = evaluate(out / "checkpoints" / "last.ckpt", episodes=1, num_envs=1)
+    assert np.isfinite(results["return_mean"])

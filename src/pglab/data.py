@@ -206,6 +206,9 @@ class OnPolicyDataModule(L.LightningDataModule):
     def make_envs(self):
         if self.envs is None:
             if self.episodic:
+                if self.env_cfg.vectorization == "envpool":
+                    raise ValueError("collector.kind=episodes resets each group's envs with one seed, which EnvPool "
+                                     "cannot do: use env.vectorization=sync")
                 n = self.collector_cfg["num_groups"] * self.collector_cfg["group_size"]
                 # per-env seeds for grouped resets need a gymnasium vector env, not a native one
                 vectorization = "sync" if self.env_cfg.vectorization in ("auto", "native") else None

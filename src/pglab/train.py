@@ -138,7 +138,7 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
         minibatches_per_step=cfg.learner.minibatches_per_step)
     try:
         envs = datamodule.make_envs()
-    except ValueError as err:  # unknown env id, no native vector env, ...
+    except (ValueError, ImportError) as err:  # unknown env id, no native vector env, optional back-end missing
         raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
     try:
         policy = build_policy(OmegaConf.to_container(cfg.model, resolve=True), envs.single_observation_space,

@@ -224,7 +224,7 @@ def test_no_op_and_ill_typed_settings_are_refused(make_cfg, overrides, needle):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["env=pendulum", "collector.num_steps=1", "total_env_steps=600"],
+    ["env=pendulum", "collector.num_steps=1", "total_env_steps=1700"],  # 8 envs truncate together at 200
     ["env.num_envs=1", "collector.num_steps=1", "learner.normalize_advantages=false", "total_env_steps=200"],
 ])
 def test_rollouts_without_real_transitions_are_skipped_and_counted(make_cfg, overrides):

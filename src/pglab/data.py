@@ -11,7 +11,7 @@ The DataModule meets the LightningModule through two calls only: ``module.rollou
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -23,7 +23,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pglab.distributed import all_ranks
-from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, merge_running_stats, rms_state
+from pglab.envs import (
+    EnvConfig,
+    find_wrapper,
+    freeze_normalization,
+    load_rms,
+    make_frozen_envs,
+    make_vector_env,
+    merge_running_stats,
+    rms_state,
+)
 from pglab.rollout import EpisodeCollector, Rollout, SegmentCollector
 
 __all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
@@ -347,19 +356,12 @@ class OnPolicyDataModule(L.LightningDataModule):
     def make_eval_envs(self, num_envs: int, **overrides):
         """A separate vector env for evaluation whose observation normalisation is frozen at the training
         statistics (copied now, not updated by evaluation). Reward normalisation is off: eval reports raw returns."""
-        cfg = EnvConfig(**{**self.env_cfg.__dict__, "normalize_reward": False, **overrides})
-        envs = make_vector_env(cfg, num_envs=num_envs)
-        self.sync_obs_normalization(envs)
-        return envs
+        return make_frozen_envs(dataclasses.replace(self.env_cfg, **overrides), num_envs,
+                                self._normalization_state())
 
     def sync_obs_normalization(self, eval_envs) -> None:
-        """Copy the training env's observation statistics into ``eval_envs`` and freeze them there."""
-        target = find_wrapper(eval_envs, vw.NormalizeObservation)
-        if target is None:
-            return
-        source = find_wrapper(self.make_envs(), vw.NormalizeObservation)
-        target.obs_rms = copy.deepcopy(source.obs_rms)
-        target.update_running_mean = False
+        """Copy the training env's current observation statistics into ``eval_envs`` (frozen there)."""
+        freeze_normalization(eval_envs, self._normalization_state())
 
     # -- checkpointed state --------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -12,7 +12,9 @@ vector env accept, which is why it is the one used everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-__all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "merge_running_stats", "check_observation_space",
+__all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "merge_running_stats", "make_frozen_envs",
+           "freeze_normalization", "env_config_from_dict", "check_observation_space",
            "find_wrapper", "require_video_support", "run_episodes", "rms_state",
            "load_rms", "VECTORIZATIONS"]
 
@@ -176,6 +179,47 @@ def check_observation_space(space: gym.Space, env_id: str) -> None:
     else:
         fix = "wrap the env so it returns a Box observation (pglab's networks take fixed-size float vectors)"
     raise ValueError(f"{env_id} has observation space {space}, which pglab's networks cannot read: {fix}")
+
+
+def env_config_from_dict(env: dict, **overrides) -> EnvConfig:
+    """An EnvConfig from a stored config's ``env`` section (a checkpoint's), ignoring keys this version lacks."""
+    known = {f.name for f in dataclasses.fields(EnvConfig)} - {"record_video_dir"}
+    unknown = sorted(set(env) - known - {"record_video_dir"})
+    if unknown:
+        print(f"pglab: ignoring env settings this version of pglab does not know: {unknown}", file=sys.stderr)
+    return EnvConfig(**{**{k: v for k, v in env.items() if k in known}, **overrides})
+
+
+def freeze_normalization(envs: gym.vector.VectorEnv, stats: dict, rewards: bool = False) -> None:
+    """Load normalisation statistics (``rms_state`` dicts under ``obs_rms`` / ``return_rms``) into ``envs`` and stop
+    them from updating. Observations always; rewards only with ``rewards=True`` (evaluation reports raw returns,
+    the gradient probe needs the value head's scale). ValueError naming the key when ``envs`` normalise something
+    ``stats`` lacks."""
+    targets = [(vw.NormalizeObservation, "obs_rms", "obs_rms", "env.normalize_obs")]
+    if rewards:
+        targets.append((vw.NormalizeReward, "return_rms", "return_rms", "env.normalize_reward"))
+    for wrapper_type, key, attribute, switch in targets:
+        wrapper = find_wrapper(envs, wrapper_type)
+        if wrapper is None:
+            continue
+        if key not in stats:
+            raise ValueError(f"the run used {switch}=true but no statistics were saved for it ({key})")
+        load_rms(getattr(wrapper, attribute), stats[key])
+        wrapper.update_running_mean = False
+
+
+def make_frozen_envs(cfg: EnvConfig, num_envs: int, stats: dict, rewards: bool = False) -> gym.vector.VectorEnv:
+    """The one way pglab builds an env whose normalisation is frozen at given statistics: periodic evaluation
+    (the training statistics), ``pglab.evaluate`` and ``pglab.probe`` (a checkpoint's). Reward normalisation is
+    dropped unless ``rewards``."""
+    cfg = dataclasses.replace(cfg, normalize_reward=cfg.normalize_reward and rewards)
+    envs = make_vector_env(cfg, num_envs=num_envs)
+    try:
+        freeze_normalization(envs, stats, rewards)
+    except ValueError:
+        envs.close()
+        raise
+    return envs
 
 
 def merge_running_stats(start: tuple, ranks: list[tuple]) -> tuple:

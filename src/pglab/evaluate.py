@@ -11,18 +11,16 @@ Options: ``conf/evaluate.yaml`` (episodes, num_envs, seed, deterministic, video,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import hydra
 import torch
-from gymnasium.wrappers import vector as vw
 from omegaconf import DictConfig, OmegaConf
 
 from pglab.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
-from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env, require_video_support, run_episodes
+from pglab.envs import env_config_from_dict, make_frozen_envs, require_video_support, run_episodes
 from pglab.networks import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -31,30 +29,14 @@ __all__ = ["CheckpointError", "load_checkpoint", "build_checkpoint_policy", "mak
            "default_output_dir", "main"]
 
 
-def _env_config(env: dict, **overrides) -> EnvConfig:
-    known = {f.name for f in dataclasses.fields(EnvConfig)}
-    unknown = sorted(set(env) - known)
-    if unknown:
-        print(f"pglab.evaluate: ignoring env settings this version of pglab does not know: {unknown}",
-              file=sys.stderr)
-    return EnvConfig(**{**{k: v for k, v in env.items() if k in known}, **overrides})
-
-
 def make_eval_envs(ckpt: dict, num_envs: int, video_dir: str | None = None):
     """The run's env with reward normalisation off and observation normalisation (if any) frozen at the
     checkpoint's statistics."""
-    cfg = _env_config(ckpt["pglab"]["config"]["env"], normalize_reward=False, record_video_dir=video_dir)
-    envs = make_vector_env(cfg, num_envs=num_envs)
-    obs_norm = find_wrapper(envs, vw.NormalizeObservation)
-    if obs_norm is not None:
-        state = (ckpt.get("OnPolicyDataModule") or {}).get("obs_rms")
-        if state is None:
-            envs.close()
-            raise CheckpointError("the run normalised observations (env.normalize_obs=true) but the checkpoint holds "
-                                  "no observation statistics (ckpt['OnPolicyDataModule']['obs_rms'])")
-        load_rms(obs_norm.obs_rms, state)
-        obs_norm.update_running_mean = False
-    return envs
+    cfg = env_config_from_dict(ckpt["pglab"]["config"]["env"], record_video_dir=video_dir)
+    try:
+        return make_frozen_envs(cfg, num_envs, ckpt.get("OnPolicyDataModule") or {})
+    except ValueError as err:
+        raise CheckpointError(f"{err}: the checkpoint cannot be evaluated as trained") from err
 
 
 def build_checkpoint_policy(ckpt: dict, envs):

@@ -72,13 +72,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from gymnasium.wrappers import vector as vw
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from pglab.baselines import BASELINES
 from pglab.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
-from pglab.envs import EnvConfig, find_wrapper, load_rms, make_vector_env
+from pglab.envs import env_config_from_dict, make_frozen_envs
 from pglab.estimators import ESTIMATORS
 from pglab.evaluate import build_checkpoint_policy
 from pglab.networks import CategoricalHead, GaussianHead
@@ -159,29 +158,14 @@ def find_checkpoints(run_dir: str | Path, count: int = 3) -> list[tuple[str, Pat
                           "(train with checkpoint.snapshots=true for early / middle / late policies)")
 
 
-def _env_config(ckpt: dict) -> EnvConfig:
-    env = ckpt["pglab"]["config"]["env"]
-    known = {f.name for f in dataclasses.fields(EnvConfig)}
-    return EnvConfig(**{k: v for k, v in env.items() if k in known and k != "record_video_dir"})
-
-
 def make_probe_envs(ckpt: dict, num_envs: int):
     """The run's vector env with its observation *and* reward normalisation frozen at the checkpoint's statistics,
     so rewards are on the scale the value head was trained on (raw when the run did not normalise them)."""
-    envs = make_vector_env(_env_config(ckpt), num_envs=num_envs)
-    state = ckpt.get("OnPolicyDataModule") or {}
-    for wrapper, key, switch in ((vw.NormalizeObservation, "obs_rms", "env.normalize_obs"),
-                                 (vw.NormalizeReward, "return_rms", "env.normalize_reward")):
-        found = find_wrapper(envs, wrapper)
-        if found is None:
-            continue
-        if key not in state:
-            envs.close()
-            raise CheckpointError(f"the run used {switch}=true but the checkpoint holds no statistics "
-                                  f"(ckpt['OnPolicyDataModule']['{key}'])")
-        load_rms(found.obs_rms if key == "obs_rms" else found.return_rms, state[key])
-        found.update_running_mean = False
-    return envs
+    try:
+        return make_frozen_envs(env_config_from_dict(ckpt["pglab"]["config"]["env"]), num_envs,
+                                ckpt.get("OnPolicyDataModule") or {}, rewards=True)
+    except ValueError as err:
+        raise CheckpointError(f"{err} (ckpt['OnPolicyDataModule'])") from err
 
 
 def _check_policy(policy, path: Path) -> None:

@@ -170,5 +170,5 @@ def test_observation_statistics_are_restored_and_frozen(checkpoint):
         envs.close()
         raw_envs.close()
     del ckpt["OnPolicyDataModule"]
-    with pytest.raises(CheckpointError, match="no observation statistics"):
+    with pytest.raises(CheckpointError, match="normalize_obs=true but no statistics"):
         make_eval_envs(ckpt, num_envs=2)

@@ -113,7 +113,7 @@ def table(results: list[dict], target: float) -> str:
              f"≥ {target:.0%} | env steps to {target:.0%} | wall-clock s to {target:.0%} | CPU s to {target:.0%} |",
              "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["preset"], r["warm_steps"], json.dumps(r.get("extra", []))) for r in results},
-                  key=lambda k: (PRESETS.index(k[0]) if k[0] in PRESETS else 99, -k[1], k[2]))
+                  key=lambda k: (k[2] != "[]", PRESETS.index(k[0]) if k[0] in PRESETS else 99, k[2], -k[1]))
     for preset, warm_steps, extra in keys:
         rows = [r for r in results if (r["preset"], r["warm_steps"], json.dumps(r.get("extra", []))) == (
             preset, warm_steps, extra)]
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--scratch-overrides", nargs="*", default=[])
     parser.add_argument("--sft-check", type=int, nargs="*", default=[],
                         help="warm-start step counts to score alone (one rollout of RL, so the start is pure SFT)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the main runs")
     parser.add_argument("--append", action="store_true", help="add to docs/sequence/results.json instead of replacing")
     parser.add_argument("--no-doc", action="store_true", help="only print and save results.json")
     args = parser.parse_args()
@@ -211,7 +212,10 @@ def main() -> None:
     results = json.loads(raw.read_text()) if args.append and raw.exists() else []
     for preset in args.presets:
         for seed in range(args.seeds):
-            results.append(run_one(preset, seed, args, args.warm_steps, []))
+            result = run_one(preset, seed, args, args.warm_steps, list(args.overrides))
+            if args.overrides:
+                result["extra"] = list(args.overrides)
+            results.append(result)
             raw.write_text(json.dumps(results, indent=1))
     for warm_steps in args.sft_check:
         for seed in range(args.seeds):

@@ -204,6 +204,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.envs = None
         self.collector: SegmentCollector | EpisodeCollector | None = None
         self.generator = torch.Generator().manual_seed(seed)
+        # this rank's own real transitions (the module's env_steps is the global count that drives the budget);
+        # checkpointed, so a resumed run reseeds its envs away from the original start states
         self.total_env_steps = 0
         self._normalization_cache: dict = {}  # the statistics at teardown (see there)
 
@@ -259,10 +261,9 @@ class OnPolicyDataModule(L.LightningDataModule):
                                               self.collector_cfg["group_size"], int(max_steps), param_dim,
                                               self.rank_seed(self.seed))
         else:
-            # a resumed run restarts its episodes from other start states than the original start did
-            reset_seed = self.seed if self.total_env_steps == 0 else self.seed + 1 + self.total_env_steps
+            # a resumed run's seed is set when its state is loaded (after setup, see _apply_pending_state)
             self.collector = SegmentCollector(envs, self.collector_cfg["num_steps"], param_dim,
-                                              self.rank_seed(reset_seed))
+                                              self.rank_seed(self.seed))
         self._apply_pending_state()
 
     def teardown(self, stage: str | None = None) -> None:
@@ -402,6 +403,9 @@ class OnPolicyDataModule(L.LightningDataModule):
         if state is None:
             return
         self._pending_state = None
+        if isinstance(self.collector, SegmentCollector) and self.collector.obs is None and self.total_env_steps:
+            # a resumed run restarts its episodes from other start states than the original start did
+            self.collector.seed = self.rank_seed(self.seed + 1 + self.total_env_steps)
         if "group_rng" in state and isinstance(self.collector, EpisodeCollector):
             self.collector.rng.bit_generator.state = state["group_rng"]
         if "obs_rms" in state:

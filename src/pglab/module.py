@@ -54,6 +54,8 @@ class PolicyGradientModule(L.LightningModule):
         nonfinite: what a non-finite loss or gradient does: ``stop`` the run (the default; the parameters of the
             last finite update are kept and checkpointed) or ``skip`` that update and count it
             (``train/skipped_updates``). Non-finite parameters always stop the run.
+        compile: ``torch.compile`` the per-minibatch loss (forward and backward); pays only for long runs (see
+            benchmarks/update_cost.py) — compile time is tens of seconds on a CPU.
         lightning_optimizer: route updates through Lightning's optimizer wrappers (needed for mixed precision
             or multi-device strategies) instead of calling the torch optimizer directly.
     """
@@ -63,7 +65,7 @@ class PolicyGradientModule(L.LightningModule):
                  ent_coef: float = 0.0, value_clip: float | None = None, normalize_advantages: bool = True,
                  target_kl: float | None = None, reference_refresh_every: int = 0,
                  max_grad_norm: float | None = 0.5, clip_per_group: bool = False, nonfinite: str = "stop",
-                 lightning_optimizer: bool = False) -> None:
+                 compile: bool = False, lightning_optimizer: bool = False) -> None:
         super().__init__()
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"learner.nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -83,6 +85,7 @@ class PolicyGradientModule(L.LightningModule):
         self.stop_signal: int | None = None  # set by a signal handler: stop at the next update boundary
         self.skipped_updates = 0  # non-finite updates skipped (learner.nonfinite=skip)
         self._group_norm: dict[str, Tensor] = {}
+        self._compiled_loss = None  # learner.compile: torch.compile(loss_and_stats), built at the first update
         self.skipped_rollouts = 0  # rollouts without a single real transition (nothing to learn from)
         # linear LR annealing runs from (env step t0, lr fraction f0) to (total_env_steps, 0); a resumed run with
         # another budget re-anchors at its resume point, so the schedule continues instead of jumping
@@ -345,6 +348,20 @@ class PolicyGradientModule(L.LightningModule):
 
     def minibatch_loss(self, batch: Batch) -> Tensor:
         """surrogate + c_v·value loss − c_e·entropy on one minibatch; records the diagnostics."""
+        if self.hparams.compile and self._compiled_loss is None:
+            # inductor compiles the forward and (through AOTAutograd) the backward into fused kernels; minibatch
+            # sizes vary with the rollout's real rows, hence dynamic shapes
+            self._compiled_loss = torch.compile(self.loss_and_stats, dynamic=True)
+        loss, stats = (self._compiled_loss or self.loss_and_stats)(batch)
+        for key, value in stats.items():
+            self._epoch_stats[key].append(value)
+        target_kl = self.hparams.target_kl
+        if target_kl is not None and self._global_mean(stats["approx_kl"]) > target_kl:
+            self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
+        return loss
+
+    def loss_and_stats(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The minibatch loss and its diagnostics, without side effects (what ``learner.compile`` compiles)."""
         out = self.policy.evaluate(batch.obs, batch.actions)
         mask = batch.mask
         count = mask.sum().clamp_min(1.0)
@@ -370,12 +387,7 @@ class PolicyGradientModule(L.LightningModule):
             v_loss = value_loss(out.values, batch.targets, mask, batch.values_old, self.hparams.value_clip)
             loss = loss + self.hparams.vf_coef * v_loss
             stats["value_loss"] = v_loss.detach()
-        for key, value in stats.items():
-            self._epoch_stats[key].append(value)
-        target_kl = self.hparams.target_kl
-        if target_kl is not None and self._global_mean(surrogate.stats["approx_kl"]) > target_kl:
-            self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
-        return loss
+        return loss, stats
 
     def _global_mean(self, value: Tensor) -> float:
         """The mean of a per-rank scalar over ranks (every rank gets the same number: same decisions)."""

@@ -55,9 +55,9 @@ class PolicyGradientModule(L.LightningModule):
             last finite update are kept and checkpointed) or ``skip`` that update and count it
             (``train/skipped_updates``). Non-finite parameters always stop the run.
         compile: ``torch.compile`` the per-minibatch loss (forward and backward); pays only for long runs (see
-            benchmarks/update_cost.py) — compile time is tens of seconds on a CPU.
-        lightning_optimizer: route updates through Lightning's optimizer wrappers (needed for mixed precision
-            or multi-device strategies) instead of calling the torch optimizer directly.
+            benchmarks/compile_cost.py) — compile time is tens of seconds on a CPU.
+        lightning_optimizer: route updates through Lightning's optimizer wrappers even on one process at 32-bit
+            (they are used anyway under several processes or mixed precision, where they are needed).
     """
 
     def __init__(self, policy: ActorCritic, surrogate: Surrogate, lr: float = 2.5e-4, adam_eps: float = 1e-5,

@@ -187,7 +187,7 @@ def write_doc(results: list[dict], args, figures: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=PRESETS)
+    parser.add_argument("--presets", nargs="*", default=PRESETS)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--warm-steps", type=int, default=30, help="supervised warm-start steps (0: from scratch)")

@@ -70,6 +70,8 @@ def require_video_support(env_id: str | None = None) -> None:
         except gym.error.DependencyNotInstalled as err:
             raise ImportError(f"rendering {env_id} for video needs an optional dependency: {err} "
                               "(pip install 'pglab[video]' covers classic control; or set eval.video=false)") from err
+        except (ValueError, gym.error.Error) as err:  # e.g. an env that renders text only (render_modes: ansi)
+            raise ImportError(f"{env_id} cannot render frames for video ({err}): set eval.video=false") from err
 
 
 def _resolve_mode(spec: gym.envs.registration.EnvSpec, vectorization: str) -> str:

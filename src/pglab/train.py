@@ -138,6 +138,10 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
         minibatches_per_step=cfg.learner.minibatches_per_step)
     try:
         envs = datamodule.make_envs()
+        if cfg.collector.kind == "episodes" and not cfg.collector.max_episode_steps and \
+                (envs.spec is None or not envs.spec.max_episode_steps):
+            raise ValueError(f"{cfg.env.id} has no time limit, which the episode collector needs to size its "
+                             "rollouts: set collector.max_episode_steps (e.g. the longest answer for token envs)")
     except (ValueError, ImportError) as err:  # unknown env id, no native vector env, optional back-end missing
         raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
     try:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
+
+from pglab.checks import ConfigError
+from pglab.train import build
 
 
 def _run(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -37,9 +43,14 @@ def test_tiny_run_with_wandb_offline_prints_sync_command(tmp_path):
 
 
 def test_bad_values_are_refused_before_any_work(tmp_path):
-    for args, fragment in ((["surrogate.eps_low=-0.1"], "eps_low must be >= 0"),
-                           (["env.id=CartPole-v9"], "env.id='CartPole-v9' is not a registered"),
-                           (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist")):
-        proc = _run(*args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert fragment in proc.stderr and "Traceback" not in proc.stderr
+    # one process through the CLI (exit code, no traceback); the other refusals in-process, where they are decided
+    proc = _run("ckpt_path=/nonexistent.ckpt", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "checkpoint not found: /nonexistent.ckpt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, fragment", [("surrogate.eps_low=-0.1", "eps_low must be >= 0"),
+                                                ("env.id=CartPole-v9", "env.id='CartPole-v9' is not a registered")])
+def test_bad_values_are_refused_by_build(make_cfg, override, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        build(make_cfg(override))

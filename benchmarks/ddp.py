@@ -37,7 +37,7 @@ def run(devices: int, seed: int, steps: int, workdir: Path) -> dict:
         raise RuntimeError(proc.stderr[-3000:])
     rows = list(csv.DictReader(open(out / "csv" / "metrics.csv")))
     sps = [float(r["perf/sps"]) for r in rows if r.get("perf/sps")]
-    solved = next((float(r["env_steps"]) for r in rows if r.get("rollout/return_mean20")
+    solved = next((float(r["step"]) for r in rows if r.get("rollout/return_mean20")
                    and float(r["rollout/return_mean20"]) >= 475), None)
     return {"sps": sps[-1], "solved_at": solved, "wall_s": wall}
 

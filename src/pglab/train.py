@@ -160,7 +160,10 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         is_wandb = str(logger_cfg.get("_target_", "")).endswith("wandb_logger")
-        logger = instantiate(logger_cfg, **({"id": wandb_id} if is_wandb and wandb_id else {}))
+        try:
+            logger = instantiate(logger_cfg, **({"id": wandb_id} if is_wandb and wandb_id else {}))
+        except InstantiationException as err:  # e.g. logger=tensorboard without its package
+            raise ConfigError(f"this configuration cannot run:\n  - logger: {err.__cause__ or err}") from err
         logger.log_hyperparams(module.run_config)
         if type(logger).__name__ == "WandbLogger":
             # plot every metric against env steps, not optimizer steps
@@ -185,8 +188,11 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
             callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="snapshot-{epoch}", monitor=None,
                                              save_top_k=-1, every_n_epochs=cfg.checkpoint.every_n_epochs))
     # extra Lightning callbacks from the config (``callbacks.<name>._target_``), e.g. an experiment's warm start
-    for callback_cfg in (cfg.get("callbacks") or {}).values():
-        callbacks.append(instantiate(callback_cfg))
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        try:
+            callbacks.append(instantiate(callback_cfg))
+        except InstantiationException as err:
+            raise ConfigError(f"this configuration cannot run:\n  - callbacks.{name}: {err.__cause__ or err}") from err
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
     if progress:
@@ -223,8 +229,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
     try:
         cfg, ckpt = prepare_resume(cfg)
         out = Path(cfg.paths.output_dir)
-        wandb_id = None
+        wandb_id, ckpt_choices = None, None
         if ckpt is not None:
+            ckpt_choices = {k: v for k, v in (ckpt["pglab"].get("choices") or {}).items()
+                            if k in ("algo", "experiment", "env", "model", "estimator", "baseline", "surrogate")}
             steps = int(ckpt["state_dict"].get("env_steps", 0))
             if steps >= cfg.total_env_steps:
                 print(f"pglab: {cfg.ckpt_path} is a finished run ({steps} env steps >= total_env_steps="
@@ -238,6 +246,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                   f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
             del ckpt
         r = build(cfg, wandb_id=wandb_id)
+        if ckpt_choices:  # the resumed run's groups are the checkpoint's, whatever this command line defaulted to
+            r.module.run_choices = {**(r.module.run_choices or {}), **ckpt_choices}
         # weights_only: a checkpoint is data, never code (see pglab.checkpoints)
         r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         last = out / "checkpoints" / "last.ckpt"

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from pglab.data import Batch, RolloutStats
-from pglab.distributed import all_ranks
+from pglab.distributed import all_ranks, all_reduce_mean_
 from pglab.networks import ActorCritic, ActOutput
 from pglab.surrogates import Surrogate, SurrogateInput, value_loss
 
@@ -123,22 +123,17 @@ class PolicyGradientModule(L.LightningModule):
             return values
         return self.trainer.strategy.reduce(values.to(self.device), reduce_op="sum").cpu()
 
-    def _gather_over_ranks(self, values: Tensor) -> Tensor:
-        """Concatenation over ranks of 1-D tensors of different lengths (identity on one process). [n_r] → [Σ n_r]"""
-        if self.world_size == 1:
-            return values
-        return torch.tensor([v for rank in all_ranks(values.tolist()) for v in rank], dtype=values.dtype)
-
     def record_rollout(self, stats: RolloutStats, batch: Batch | None = None) -> None:
         """What one rollout measured, and its flat batch (None when it held no real transition).
 
         Under DDP every rank calls this at the same point: env steps are summed and episodes gathered over ranks,
         so the budget, the LR schedule, the x-axis and the episode metrics are global."""
-        if self.world_size > 1:
-            steps = int(self._sum_over_ranks(torch.tensor([float(stats.env_steps)]))[0])
-            stats = RolloutStats(steps, self._gather_over_ranks(stats.episode_returns),
-                                 self._gather_over_ranks(stats.episode_lengths), stats.explained_variance,
-                                 stats.advantage_mean, stats.advantage_std)
+        if self.world_size > 1:  # one exchange per rollout
+            everyone = all_ranks((stats.env_steps, stats.episode_returns.tolist(), stats.episode_lengths.tolist()))
+            stats = RolloutStats(sum(e[0] for e in everyone),
+                                 torch.tensor([r for e in everyone for r in e[1]], dtype=torch.float32),
+                                 torch.tensor([n for e in everyone for n in e[2]], dtype=torch.float32),
+                                 stats.explained_variance, stats.advantage_mean, stats.advantage_std)
         self.last_rollout = stats
         self._rollout_batch = batch
         self.env_steps += stats.env_steps
@@ -268,6 +263,11 @@ class PolicyGradientModule(L.LightningModule):
                 torch_optimizer = optimizer.optimizer
                 torch_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.world_size > 1:  # trainer=ddp (GradientAllReduceDDP): average the gradients over ranks
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                    all_reduce_mean_([p.grad for p in params])
                 self._record_group_norms()
                 grad_norm = self._grad_norm(params, max_norm)
                 if self._update_is_finite(loss, grad_norm):
@@ -281,10 +281,17 @@ class PolicyGradientModule(L.LightningModule):
 
     @property
     def _through_lightning(self) -> bool:
-        """Updates through Lightning's optimizer wrappers: when asked, under several processes (DDP needs its
-        gradient all-reduce) and under mixed precision (gradient scaling)."""
-        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        return bool(self.hparams.lightning_optimizer) or self.world_size > 1 or precision not in ("32", "32-true")
+        """Updates through Lightning's optimizer wrappers: when asked, under mixed precision (gradient scaling) and
+        under a strategy that wraps the module in DistributedDataParallel (Lightning's plain ``ddp``, whose
+        reducer is driven by ``manual_backward``). pglab's ``trainer=ddp`` does not wrap: it averages the
+        gradients itself on the direct path."""
+        if self._trainer is None:
+            return bool(self.hparams.lightning_optimizer)
+        from torch.nn.parallel import DistributedDataParallel
+
+        precision = str(self.trainer.precision)
+        wrapped = isinstance(self.trainer.strategy.model, DistributedDataParallel)
+        return bool(self.hparams.lightning_optimizer) or wrapped or precision not in ("32", "32-true")
 
     def _record_group_norms(self) -> None:
         """train/grad_norm_policy and train/grad_norm_value: each group's gradient norm before any clipping."""
@@ -396,18 +403,22 @@ class PolicyGradientModule(L.LightningModule):
         return float(self._sum_over_ranks(value.detach().reshape(1).float().cpu())[0]) / self.world_size
 
     @torch.no_grad()
+    def _local_kl_sums(self) -> list[float]:
+        """[Σ KL(π_old ‖ π_θ)·mask, Σ mask] over this rank's rollout rows with the updated θ ([0, 0] without)."""
+        batch = self._rollout_batch
+        if batch is None:
+            return [0.0, 0.0]
+        with torch.no_grad():
+            out = self.policy.evaluate(batch.obs, batch.actions)
+            kl = self.policy.kl(batch.dist_params_old, out.dist_params)
+            return [float((kl * batch.mask).sum()), float(batch.mask.sum())]
+
     def post_update_kl(self) -> float | None:
         """E[KL(π_old ‖ π_θ)] over the rollout's real rows with the updated θ (analytic, from the policy head);
         over every rank's rows under DDP."""
-        batch = self._rollout_batch
-        if self.updates == 0 or (batch is None and self.world_size == 1):
+        if self.updates == 0 or (self._rollout_batch is None and self.world_size == 1):
             return None
-        total = torch.zeros(2)
-        if batch is not None:
-            out = self.policy.evaluate(batch.obs, batch.actions)
-            kl = self.policy.kl(batch.dist_params_old, out.dist_params)
-            total = torch.stack([(kl * batch.mask).sum(), batch.mask.sum()]).float().cpu()
-        total = self._sum_over_ranks(total)
+        total = self._sum_over_ranks(torch.tensor(self._local_kl_sums(), dtype=torch.float64))
         return float(total[0] / total[1]) if total[1] > 0 else None
 
     def on_train_epoch_end(self) -> None:
@@ -415,9 +426,18 @@ class PolicyGradientModule(L.LightningModule):
         for key, values in self._epoch_stats.items():
             metrics[f"train/{key}"] = float(torch.stack(values).float().mean())
         self._epoch_stats.clear()
-        if self.world_size > 1:
-            metrics.update(self._mean_over_ranks(metrics))
-        kl = self.post_update_kl()
+        if self.world_size == 1:
+            kl = self.post_update_kl()
+        else:
+            # one exchange per rollout: diagnostics, the post-update KL's sums and any stop signal
+            everyone = all_ranks((metrics, self._local_kl_sums(), self.stop_signal))
+            metrics = self._mean_over_ranks([m for m, _, _ in everyone])
+            kl_sum, count = (sum(x) for x in zip(*(k for _, k, _ in everyone), strict=True))
+            kl = kl_sum / count if self.updates > 0 and count > 0 else None
+            # a signal may reach some ranks only: every rank stops, at this same rollout
+            self.stop_signal = next((s for _, _, s in everyone if s is not None), None)
+            if self.stop_signal is not None:
+                self.trainer.should_stop = True
         if kl is not None:
             # the adaptive-β rule (PPO paper §4) uses d = E[KL(π_old ‖ π_θ)] after the rollout's updates;
             # train/approx_kl is the mean of per-minibatch estimates taken *before* each update
@@ -441,12 +461,12 @@ class PolicyGradientModule(L.LightningModule):
             metrics["perf/sps"] = (int(self.env_steps) - self._start_steps) / elapsed
         self.emit_metrics(metrics)  # NaN included: a NaN metric is information, not something to drop
 
-    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Per-rank diagnostics averaged over ranks (each rank's mean over its own minibatches, equally weighted).
+    @staticmethod
+    def _mean_over_ranks(gathered: list[dict[str, float]]) -> dict[str, float]:
+        """Every rank's diagnostics averaged (each rank's mean over its own minibatches, equally weighted).
 
         Ranks may hold different keys (a rank whose rollout had no real row logged no train/* diagnostics; custom
         surrogates log their own), so whole dicts are exchanged; a key a rank lacks does not count as 0."""
-        gathered = all_ranks(metrics)
         keys = sorted({k for m in gathered for k in m})
         out = {}
         for key in keys:

@@ -33,7 +33,6 @@ from pglab.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
 from pglab.checkpoints import CheckpointError, load_checkpoint, resume_config
 from pglab.checks import ConfigError, check_combination, check_types
 from pglab.data import NonFiniteRolloutError, OnPolicyDataModule
-from pglab.distributed import all_ranks
 from pglab.envs import EnvConfig, require_video_support
 from pglab.hydra_callbacks import mark_failed
 from pglab.loggers import finish_wandb, sync_hint
@@ -90,10 +89,8 @@ class GracefulStop(L.Callback):
             signal.signal(signum, handle)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
-        if trainer.world_size > 1:
-            # a signal may reach some ranks only: stop all of them, at the same rollout
-            module.stop_signal = next((s for s in all_ranks(module.stop_signal) if s is not None), None)
-        if module.stop_signal is not None:
+        # under DDP the module agrees on the signal over ranks (PolicyGradientModule.on_train_epoch_end)
+        if trainer.world_size == 1 and module.stop_signal is not None:
             trainer.should_stop = True
 
     def teardown(self, trainer: L.Trainer, module: PolicyGradientModule, stage: str) -> None:

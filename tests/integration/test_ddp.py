@@ -74,7 +74,7 @@ def test_two_rank_run_resumes_with_the_same_counters(tmp_path):
 
 def test_strategies_that_cannot_work_are_refused(make_cfg):
     with pytest.raises(ConfigError, match="use trainer=ddp"):
-        build(make_cfg("trainer=ddp", "trainer.strategy=ddp_spawn", "eval.enabled=false"))
+        build(make_cfg("trainer.devices=2", "trainer.strategy=ddp_spawn", "eval.enabled=false"))
 
 
 def test_slurm_multinode_ddp_composes():
@@ -92,5 +92,6 @@ def test_slurm_multinode_ddp_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == launcher.nodes
+    assert cfg.trainer.strategy._target_ == "pglab.distributed.GradientAllReduceDDP"
+    assert cfg.trainer.num_nodes == launcher.nodes
     assert cfg.trainer.devices == launcher.tasks_per_node

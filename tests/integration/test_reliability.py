@@ -120,6 +120,7 @@ def test_one_update_per_rollout_adapts_beta_on_the_real_kl(make_cfg, tmp_path):
 
     rows = [row for row in csv.DictReader(open(tmp_path / "csv" / "metrics.csv")) if row.get("train/beta")]
     assert len(rows) >= 5
+    assert all(float(row["train/grad_norm_value"]) > 0 and float(row["train/grad_norm_policy"]) > 0 for row in rows)
     kls = [float(row["train/kl_post_update"]) for row in rows]
     assert all(k > 0 for k in kls)  # measured after the update: never the pre-update 0
     beta, target = 1.0, r.module.surrogate.target_kl

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pglab.networks import ActOutput, CategoricalHead, EvalOutput, GaussianHead, action_space_spec
+from pglab.networks import ActOutput, CategoricalHead, EvalOutput, GaussianHead, InferenceActor, action_space_spec
 
 __all__ = ["CNNActorCritic", "NatureEncoder", "image_layout"]
 
@@ -185,21 +185,7 @@ class CNNActorCritic(nn.Module):
         """Analytic KL(π_old ‖ π_new) per row. [B]"""
         return self.head.kl(params_old, params_new)
 
-    def fused_actor(self) -> _InferenceActor:
+    def fused_actor(self) -> InferenceActor:
         """The collection-time actor: this network without autograd (its weights do not change in a rollout)."""
-        return _InferenceActor(self)
+        return InferenceActor(self)
 
-
-class _InferenceActor:
-    """``act`` / ``value`` of a CNNActorCritic under ``torch.no_grad`` (the interface of FusedActor)."""
-
-    def __init__(self, policy: CNNActorCritic) -> None:
-        self.policy, self.head, self.has_value = policy, policy.head, policy.has_value
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False) -> ActOutput:
-        return self.policy.act(obs, deterministic)
-
-    @torch.no_grad()
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["ActorCritic", "ActOutput", "EvalOutput", "CategoricalHead", "GaussianHead", "FusedActor", "mlp",
-           "build_policy"]
+           "build_policy", "InferenceActor"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 _ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu}  # the same, as functions
@@ -425,6 +425,22 @@ class FusedActor:
 
     def value(self, obs: Tensor) -> Tensor:
         return self._forward(obs)[1]
+
+
+class InferenceActor:
+    """``act`` / ``value`` of any policy under ``torch.no_grad`` — the FusedActor interface for policies that have
+    no fused form (``CNNActorCritic``, ``TransformerPolicy``): their weights do not change during a rollout."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        self.policy, self.head, self.has_value = policy, policy.head, policy.has_value
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> ActOutput:
+        return self.policy.act(obs, deterministic)
+
+    @torch.no_grad()
+    def value(self, obs: Tensor) -> Tensor:
+        return self.policy.value(obs)
 
 
 def action_space_spec(space) -> tuple[str, int]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pglab.networks import ActOutput, CategoricalHead, EvalOutput
+from pglab.networks import ActOutput, CategoricalHead, EvalOutput, InferenceActor
 
 __all__ = ["TransformerPolicy", "token_layout"]
 
@@ -173,21 +173,7 @@ class TransformerPolicy(nn.Module):
         """Analytic KL(π_old ‖ π_new) per row. [B]"""
         return self.head.kl(params_old, params_new)
 
-    def fused_actor(self) -> _InferenceActor:
+    def fused_actor(self) -> InferenceActor:
         """The collection-time actor: this network (its weights do not change during a rollout) without autograd."""
-        return _InferenceActor(self)
+        return InferenceActor(self)
 
-
-class _InferenceActor:
-    """``act`` / ``value`` of a TransformerPolicy under ``torch.no_grad`` (the interface of FusedActor)."""
-
-    def __init__(self, policy: TransformerPolicy) -> None:
-        self.policy, self.head, self.has_value = policy, policy.head, policy.has_value
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False) -> ActOutput:
-        return self.policy.act(obs, deterministic)
-
-    @torch.no_grad()
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)

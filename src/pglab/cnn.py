@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from pglab.networks import ActOutput, CategoricalHead, EvalOutput, GaussianHead, InferenceActor, action_space_spec
 
-__all__ = ["CNNActorCritic", "NatureEncoder", "image_layout"]
+__all__ = ["CNNActorCritic", "nature_encoder", "image_layout"]
 
 _HINT = "model=cnn reads images [C, H, W] or [H, W, C]; for vector observations use model=mlp"
 
@@ -53,19 +53,20 @@ def image_layout(observation_space, min_size: int = 36) -> tuple[tuple[int, int,
     return tuple(int(d) for d in chw), channels_last, scale
 
 
-class NatureEncoder(nn.Module):
-    """[B, C, H, W] images → [B, 512] features (Nature-DQN conv stack + linear 512, ReLU)."""
+class ConvEncoder(nn.Module):
+    """[B, C, H, W] images → [B, features]: ReLU convolutions (out_channels, kernel, stride), flatten, linear, ReLU."""
 
-    def __init__(self, in_channels: int, height: int, width: int, features: int = 512) -> None:
+    def __init__(self, in_channels: int, height: int, width: int, layers: tuple[tuple[int, int, int], ...],
+                 features: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            _orthogonal(nn.Conv2d(in_channels, 32, 8, stride=4), math.sqrt(2)), nn.ReLU(),
-            _orthogonal(nn.Conv2d(32, 64, 4, stride=2), math.sqrt(2)), nn.ReLU(),
-            _orthogonal(nn.Conv2d(64, 64, 3, stride=1), math.sqrt(2)), nn.ReLU(),
-            nn.Flatten(),
-        )
+        convs: list[nn.Module] = []
+        for out_channels, kernel, stride in layers:
+            convs += [_orthogonal(nn.Conv2d(in_channels, out_channels, kernel, stride=stride), math.sqrt(2)),
+                      nn.ReLU()]
+            in_channels = out_channels
+        self.conv = nn.Sequential(*convs, nn.Flatten())
         with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]
+            flat = self.conv(torch.zeros(1, convs[0].in_channels, height, width)).shape[1]
         self.fc = nn.Sequential(_orthogonal(nn.Linear(flat, features), math.sqrt(2)), nn.ReLU())
         self.out_dim = features
 
@@ -73,26 +74,17 @@ class NatureEncoder(nn.Module):
         return self.fc(self.conv(x))
 
 
-class SmallEncoder(nn.Module):
-    """For small test images (≥ 8×8): conv 16×3×3/1, conv 32×3×3/2, linear ``features``, ReLU."""
-
-    def __init__(self, in_channels: int, height: int, width: int, features: int = 64) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(
-            _orthogonal(nn.Conv2d(in_channels, 16, 3, stride=1), math.sqrt(2)), nn.ReLU(),
-            _orthogonal(nn.Conv2d(16, 32, 3, stride=2), math.sqrt(2)), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]
-        self.fc = nn.Sequential(_orthogonal(nn.Linear(flat, features), math.sqrt(2)), nn.ReLU())
-        self.out_dim = features
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.conv(x))
+def nature_encoder(in_channels: int, height: int, width: int, features: int = 512) -> ConvEncoder:
+    """The Nature-DQN stack: conv 32×8×8/4, 64×4×4/2, 64×3×3/1, linear ``features`` (512)."""
+    return ConvEncoder(in_channels, height, width, ((32, 8, 4), (64, 4, 2), (64, 3, 1)), features)
 
 
-_ENCODERS = {"nature": NatureEncoder, "small": SmallEncoder}
+def small_encoder(in_channels: int, height: int, width: int, features: int = 64) -> ConvEncoder:
+    """For small test images (≥ 7×7): conv 16×3×3/1, 32×3×3/2, linear ``features``."""
+    return ConvEncoder(in_channels, height, width, ((16, 3, 1), (32, 3, 2)), features)
+
+
+_ENCODERS = {"nature": nature_encoder, "small": small_encoder}
 
 
 class CNNActorCritic(nn.Module):

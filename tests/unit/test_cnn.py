@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pglab.cnn import CNNActorCritic, NatureEncoder, image_layout
+from pglab.cnn import CNNActorCritic, image_layout, nature_encoder
 from pglab.networks import build_policy
 
 ATARI = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 
 
 def test_nature_encoder_maps_4x84x84_to_512():
-    enc = NatureEncoder(4, 84, 84)
+    enc = nature_encoder(4, 84, 84)
     assert enc(torch.zeros(5, 4, 84, 84)).shape == (5, 512)
     convs = [m for m in enc.conv if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)),

@@ -1,4 +1,5 @@
-"""The seed's ladder as one study: every rung on CartPole-v1 and Acrobot-v1, seeds × equal env-step budgets.
+"""The derivation's ladder (docs/theory.md) as one study: every rung on CartPole-v1 and Acrobot-v1, seeds × equal
+env-step budgets.
 
 ``make ladder`` (or ``python benchmarks/ladder.py``) runs, through one Hydra multirun with the joblib launcher:
 
@@ -9,7 +10,7 @@ Each rung is a generated experiment config (``<sweep>/conf/experiment/ladder_<ru
 that names an ``algo`` preset and changes one thing:
 
 - rungs 1–4 (REINFORCE family): ``algo=reinforce``, ``reinforce_rtg``, ``reinforce_rtg baseline=mean``,
-  ``reinforce_baseline`` — 8 whole episodes per update, the seed's episode-sum loss;
+  ``reinforce_baseline`` — 8 whole episodes per update, the episode-sum loss of docs/theory.md §1;
 - rungs 5–11 (advantage estimators): ``algo=a2c`` (value baseline, REINFORCE-form surrogate, one update per
   rollout) with 8 envs × 32-step segments so k = 20 fits inside a segment, and ``estimator=nstep nstep_k=k`` or
   ``estimator=gae lam=λ`` (γ = 0.99);

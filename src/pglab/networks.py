@@ -181,7 +181,7 @@ class ActorCritic(nn.Module):
         obs_dim: flattened observation size.
         action_space: ``("discrete", n)`` or ``("continuous", d)``.
         hidden: trunk widths, e.g. (64, 64); () is a linear policy (and linear value).
-        shared: one trunk feeding both heads (seed PPO §4) or two separate networks.
+        shared: one trunk feeding both heads (docs/theory.md §7) or two separate networks.
         value_head: whether V(s) exists at all (REINFORCE and GRPO need none).
 
     Layout. With separate trunks the two MLPs run side by side as one: every layer is a stacked weight

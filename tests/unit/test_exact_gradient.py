@@ -15,8 +15,8 @@ The estimates go through pglab: trajectories laid out time-major ``[T, N]`` (one
 ``valid = False`` after it ends, as the episode collector does) → ``pglab.estimators`` (trajectory_return,
 reward_to_go, nstep, gae) → ``pglab.baselines`` (none, mean, value) → the per-episode REINFORCE gradient
 g_n = Σ_t A_{t,n} ∇_θ log π_θ(a_t|s_t) (closed form for a tabular softmax: ∇_θ[s,·] log π(a|s) = e_a − π(·|s);
-checked against autograd of ``pglab.surrogates.Reinforce`` with the seed's episode-sum aggregation). With γ = 1 the
-seed's REINFORCE estimator (1/N) Σ_n g_n is unbiased for ∇J.
+checked against autograd of ``pglab.surrogates.Reinforce`` with the episode-sum aggregation, docs/theory.md §14).
+With γ = 1 the REINFORCE estimator of docs/theory.md §1, (1/N) Σ_n g_n, is unbiased for ∇J.
 
 Statistics: per-episode gradients of independent episodes are i.i.d., so a mean over M episodes has standard error
 σ_j/√M per coordinate j. "Unbiased" is tested as |mean_j − ∇J_j| ≤ 5 σ_j/√M for every coordinate (|z| ≤ 5: a

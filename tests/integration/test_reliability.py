@@ -360,3 +360,14 @@ def test_last_checkpoint_keeps_the_normalisation_statistics(tmp_path):
     assert {"obs_rms", "return_rms"} <= set(state) and state["obs_rms"]["count"] > 1000
     results = evaluate(out / "checkpoints" / "last.ckpt", episodes=1, num_envs=1)
     assert np.isfinite(results["return_mean"])
+
+
+def test_csv_rows_reach_the_file_without_waiting_for_the_end(tmp_path):
+    # Lightning flushes when (step + 1) % 100 == 0, and pglab's step is the env-step count: a killed run lost rows
+    from pglab.loggers import CSVLogger
+
+    logger = CSVLogger(str(tmp_path), name="csv", version="", flush_seconds=0.0)
+    logger.log_metrics({"rollout/episode_return": 1.0}, step=256)
+    logger.log_metrics({"rollout/episode_return": 2.0}, step=512)
+    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert lines[1:] == ["1.0,256", "2.0,512"]

@@ -237,6 +237,12 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                 return {}, 0
             wandb_id = ckpt["pglab"].get("wandb_id")
             out.mkdir(parents=True, exist_ok=True)
+            hydra_dir = out / ".hydra"
+            if hydra_dir.is_dir():
+                # Hydra wrote the command line's config; the run trains with the checkpoint's algorithm, env and
+                # model, which is what plots and readers of .hydra/config.yaml must see
+                (hydra_dir / "config.yaml").replace(hydra_dir / "config.command_line.yaml")
+                OmegaConf.save(cfg, hydra_dir / "config.yaml")
             (out / "resumed_from.json").write_text(json.dumps(
                 {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env_steps": steps, "wandb_id": wandb_id}) + "\n")
             print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "

@@ -270,6 +270,11 @@ def test_resume_takes_the_checkpoints_algorithm_appends_and_continues_the_lr(tmp
     lines = (out / "csv" / "metrics.csv").read_text().splitlines()
     assert len(lines) > rows_before and lines[0].startswith("env_steps")  # appended under the same header
     assert sum(line.startswith("env_steps") for line in lines) == 1
+    import yaml
+
+    hydra_config = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    assert hydra_config["surrogate"]["_target_"] == "pglab.surrogates.Reinforce"  # the effective config, not PPO's
+    assert (out / ".hydra" / "config.command_line.yaml").exists()
 
 
 def test_lr_schedule_continues_under_a_new_budget():

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pglab.networks import ActOutput, CategoricalHead, EvalOutput, GaussianHead, InferenceActor, action_space_spec
+from pglab.networks import (
+    ActOutput,
+    EvalOutput,
+    InferenceActor,
+    action_space_spec,
+    make_head,
+)
 
 __all__ = ["CNNActorCritic", "nature_encoder", "image_layout"]
 
@@ -114,12 +120,7 @@ class CNNActorCritic(nn.Module):
         self.encoder = make(c, h, w, **extra)
         self.value_encoder = make(c, h, w, **extra) if (value_head and not shared) else None
         feat = self.encoder.out_dim
-        if kind == "discrete":
-            self.head: CategoricalHead | GaussianHead = CategoricalHead(feat, size)
-        elif kind == "continuous":
-            self.head = GaussianHead(feat, size, log_std_init)
-        else:
-            raise ValueError(f"action_space kind must be 'discrete' or 'continuous', got {kind!r}")
+        self.head = make_head(kind, size, feat, log_std_init)
         self.has_value, self.shared = value_head, shared
         self.value_out = _orthogonal(nn.Linear(feat, 1), 1.0) if value_head else None
         self.channels_last, self.scale = channels_last, float(scale)

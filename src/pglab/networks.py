@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["ActorCritic", "ActOutput", "EvalOutput", "CategoricalHead", "GaussianHead", "FusedActor", "mlp",
-           "build_policy", "InferenceActor"]
+           "build_policy", "InferenceActor", "make_head"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 _ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu}  # the same, as functions
@@ -117,6 +117,15 @@ class GaussianHead(nn.Module):
         return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
 
 
+def make_head(kind: str, size: int, in_dim: int, log_std_init: float = 0.0) -> CategoricalHead | GaussianHead:
+    """The distribution head for ``action_space_spec``'s (kind, size): categorical over n, or a d-dim Gaussian."""
+    if kind == "discrete":
+        return CategoricalHead(in_dim, size)
+    if kind == "continuous":
+        return GaussianHead(in_dim, size, log_std_init)
+    raise ValueError(f"action_space kind must be 'discrete' or 'continuous', got {kind!r}")
+
+
 @dataclass
 class ActOutput:
     """What collection needs from one policy call; every tensor has leading dim [N]."""
@@ -213,12 +222,7 @@ class ActorCritic(nn.Module):
         # the unfused layers, built (and so initialised) exactly as before fusion, then copied into fused blocks
         policy_trunk = mlp(obs_dim, hidden, activation)
         feat = hidden[-1] if hidden else obs_dim
-        if kind == "discrete":
-            self.head: CategoricalHead | GaussianHead = CategoricalHead(feat, size)
-        elif kind == "continuous":
-            self.head = GaussianHead(feat, size, log_std_init)
-        else:
-            raise ValueError(f"action_space kind must be 'discrete' or 'continuous', got {kind!r}")
+        self.head = make_head(kind, size, feat, log_std_init)
         value_trunk = None if (shared or not value_head) else mlp(obs_dim, hidden, activation)
         value_out = _orthogonal(nn.Linear(feat, 1), 1.0) if value_head else None
 

@@ -64,7 +64,7 @@ def check_finite_weights(ckpt: dict, path: str | Path) -> None:
 # what a resumed run takes from its checkpoint (the algorithm, env and model); learner execution details may change
 LOCKED_SECTIONS = ("env", "model", "estimator", "baseline", "surrogate", "collector", "learner", "gamma", "lam",
                    "nstep_k", "aggregation", "seed")
-_FREE_LEARNER_KEYS = ("lightning_optimizer", "minibatches_per_step", "nonfinite")
+_FREE_LEARNER_KEYS = ("lightning_optimizer", "minibatches_per_step", "nonfinite", "gradients")
 _LOCKED_GROUPS = {"algo": LOCKED_SECTIONS, "experiment": LOCKED_SECTIONS, "env": ("env",), "model": ("model",),
                   "estimator": ("estimator",), "baseline": ("baseline",), "surrogate": ("surrogate",)}
 

@@ -36,7 +36,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "learner.reference_refresh_every": (_INT, False), "learner.max_grad_norm": (_NUM, True),
     "learner.minibatches_per_step": (_INT, True), "learner.lightning_optimizer": (_BOOL, False),
     "learner.nonfinite": ((str,), False),
-    "learner.compile": (_BOOL, False), "learner.clip_per_group": (_BOOL, False),
+    "learner.compile": (_BOOL, False), "learner.clip_per_group": (_BOOL, False), "learner.gradients": ((str,), False),
     "eval.enabled": (_BOOL, False), "eval.every_n_epochs": (_INT, False), "eval.episodes": (_INT, False),
     "eval.num_envs": (_INT, False), "eval.video": (_BOOL, False),
     "checkpoint.enabled": (_BOOL, False), "checkpoint.every_n_epochs": (_INT, False),

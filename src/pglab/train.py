@@ -148,7 +148,10 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
         raise ConfigError(f"this configuration cannot run:\n  - model: {err}") from err
     # learner.* are the module's constructor arguments, except the update schedule the DataModule consumes
     learner = {k: v for k, v in OmegaConf.to_container(cfg.learner, resolve=True).items() if k not in SCHEDULE_KEYS}
-    module = PolicyGradientModule(policy, surrogate, total_env_steps=cfg.total_env_steps, **learner)
+    try:
+        module = PolicyGradientModule(policy, surrogate, total_env_steps=cfg.total_env_steps, **learner)
+    except ValueError as err:  # e.g. learner.gradients=lean for a combination it does not cover
+        raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if HydraConfig.initialized():
         module.run_choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
@@ -272,7 +275,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
             print(f"pglab: stopped by {name} at {steps} env steps; metrics flushed; {saved}", file=sys.stderr)
         else:
             print(f"pglab: {steps} env steps, last mean episode return "
-                  f"{metrics.get('rollout/episode_return', math.nan):.1f}; outputs in {out}")
+                  f"{metrics.get('rollout/episode_return', math.nan):.1f} ({r.module.update_path} updates); "
+                  f"outputs in {out}")
         hint = sync_hint(str(out))
         if hint:
             print(f"pglab: W&B ran offline; to upload: {hint}")

@@ -22,6 +22,7 @@ from pglab.checkpoints import CheckpointError, check_finite_weights, load_checkp
 from pglab.checks import ConfigError
 from pglab.data import Batch, NonFiniteRolloutError
 from pglab.evaluate import evaluate
+from pglab.lean import LeanUpdate
 from pglab.module import NonFiniteError, PolicyGradientModule
 from pglab.networks import ActorCritic
 from pglab.surrogates import KLPenalty
@@ -140,19 +141,33 @@ def test_nan_run_stops_with_exit_3_and_keeps_a_finite_checkpoint(tmp_path):
     check_finite_weights(ckpt, "last.ckpt")  # raises if the saved state were NaN
 
 
-def test_skip_mode_counts_skipped_updates(make_cfg):
-    cfg = make_cfg("learner.nonfinite=skip", "learner.lr=1e-3", "total_env_steps=512", *FAST)
+@pytest.mark.parametrize("gradients", ["autograd", "lean"])
+def test_skip_mode_counts_skipped_updates(make_cfg, monkeypatch, gradients):
+    cfg = make_cfg("learner.nonfinite=skip", "learner.lr=1e-3", "total_env_steps=512",
+                   f"learner.gradients={gradients}", *FAST)
     r = build(cfg)
     calls = {"n": 0}
-    original = r.module.minibatch_loss
 
-    def poisoned(batch):  # every third loss is NaN, as a diverging reward model would make it
+    def poison(loss):  # every third loss is NaN, as a diverging reward model would make it
         calls["n"] += 1
-        loss = original(batch)
         return loss * float("nan") if calls["n"] % 3 == 0 else loss
 
-    r.module.minibatch_loss = poisoned
+    if gradients == "autograd":
+        original = r.module.minibatch_loss
+        r.module.minibatch_loss = lambda batch: poison(original(batch))
+    else:  # the lean update's loss and gradient, both NaN
+        original_call = LeanUpdate.__call__
+
+        def poisoned(self, batch):
+            loss, stats = original_call(self, batch)
+            loss = poison(loss)
+            if not torch.isfinite(loss):
+                self.flat_grad.fill_(float("nan"))
+            return loss, stats
+
+        monkeypatch.setattr(LeanUpdate, "__call__", poisoned)
     r.trainer.fit(r.module, datamodule=r.datamodule)
+    assert r.module.update_path == gradients
     assert r.module.skipped_updates == calls["n"] // 3 > 0
     assert all(torch.isfinite(p).all() for p in r.module.policy.parameters())
 

@@ -1,20 +1,21 @@
-"""Cost of one PPO learner update, the unfused actor-critic (two nn.Sequential trunks) against the fused one.
+"""Cost of one PPO learner update: the unfused autograd update (two nn.Sequential trunks, the network before
+this wave: "today" in issue 11), the fused autograd one and the lean one (``pglab.lean``, the default).
 
-One update is what ``PolicyGradientModule.training_step`` does per minibatch on its direct optimizer path:
-``minibatch_loss`` (evaluate + clip surrogate + value loss + entropy + diagnostics) → backward →
-``clip_grad_norm_`` (foreach) → fused Adam step. Both networks run the module's real ``minibatch_loss`` and
-start from the same weights. Cases: CartPole (obs 4, 2 actions) and a Pendulum-like Gaussian (obs 3, 1 action),
-64-64 tanh separate trunks, 128-row minibatches, CleanRL's coefficients.
+One update is what ``PolicyGradientModule.training_step`` does per minibatch:
+- autograd: ``minibatch_loss`` (evaluate + clip surrogate + value loss + entropy + diagnostics) → backward →
+  ``clip_grad_norm_`` (foreach) → fused Adam ``step()``;
+- lean: ``LeanUpdate`` (the same loss, its hand-derived gradient written into one flat buffer, diagnostics in one
+  product) → clip of the flat buffer → the fused Adam kernel; plus the finite check's one host sync.
+All start from the same weights. Cases: CartPole (obs 4, 2 actions) and a Pendulum-like Gaussian (obs 3,
+1 action), 64-64 tanh separate trunks, 128-row minibatches, CleanRL's coefficients.
 
 Printed, per case:
-- µs per update, unfused vs fused, timed in interleaved blocks in one process at one torch thread (medians;
-  the ratio is the median of the per-block ratios, so drift in machine load cancels). The clock is this
-  thread's CPU time (``time.thread_time``): at one torch thread all the work runs on it, and time spent
+- µs per update, timed in interleaved rounds in one process at one torch thread (median, min–max over rounds;
+  the "× cheaper" ratio is the median of the per-round ratios, so drift in machine load cancels). The clock is
+  this thread's CPU time (``time.thread_time``): at one torch thread all the work runs on it, and time spent
   descheduled by other processes on a shared CPU is not counted;
 - operator calls per update (torch.profiler ``key_averages``, all recorded events, forward and backward);
-- where the fused update's time goes: network forward, loss math forward, backward (network part = the
-  backward of a loss that just weighs the network's outputs), gradient clipping, Adam;
-- the fused update's top operators by self CPU time (median over profiled rounds).
+- the lean update's top operators by self CPU time (median over profiled rounds).
 
     python benchmarks/update_cost.py [--reps 21] [--updates 100] [--quick]
 
@@ -24,6 +25,7 @@ No test asserts these numbers; timings on a shared CPU are noisy, compare ratios
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from pglab.data import Batch
+from pglab.lean import LeanUpdate, clip_flat_, fused_adam_step
 from pglab.module import PolicyGradientModule
 from pglab.networks import ActorCritic, CategoricalHead, EvalOutput, GaussianHead, mlp
 from pglab.surrogates import Clip
@@ -187,48 +190,68 @@ def operator_calls(fn: Callable[[], object], n: int = 20,
     return statistics.median(counts), per_op
 
 
-def run_case(name: str, obs_dim: int, action_space: tuple[str, int], reps: int, n: int, top: int) -> None:
+class LeanLearner:
+    """The same update through ``pglab.lean`` (what ``learner.gradients=lean``/``auto`` runs in training_step):
+    hand-derived loss gradient into the flat buffer → clip on the flat buffer → the fused Adam kernel."""
+
+    def __init__(self, policy: ActorCritic) -> None:
+        self.lean = LeanUpdate(policy, Clip(0.2), vf_coef=LEARNER["vf_coef"], ent_coef=LEARNER["ent_coef"],
+                               value_clip=None, normalize_advantages=True)
+        self.optimizer = torch.optim.Adam(self.lean.params, lr=LEARNER["lr"], eps=LEARNER["adam_eps"], fused=True)
+        self.stats: list[tuple[Tensor, Tensor]] = []
+        self.calls = 0
+
+    def update(self, batch: Batch) -> None:
+        # training_step prepares the data-only constants of all a step's minibatches at once (one set of [M, B]
+        # operations); this is their cost at CleanRL's M = 16 minibatches per step: the whole cost once in 16
+        if self.calls % 16 == 0:
+            self.prepared = self.lean.prepare([batch] * 16)[0]
+        self.calls += 1
+        loss, diagnostics = self.lean(batch, self.prepared)
+        self.stats.append(diagnostics)
+        norm = clip_flat_(self.lean.flat_grad, LEARNER["max_grad_norm"])
+        if math.isfinite(float(loss)) and math.isfinite(norm):  # training_step's finite check
+            fused_adam_step(self.optimizer)
+        if len(self.stats) == 16:
+            self.lean.stats(self.stats)  # the epoch's diagnostics, as on_train_epoch_end averages them
+            self.stats.clear()
+
+
+def run_case(name: str, obs_dim: int, action_space: tuple[str, int], reps: int, n: int, top: int) -> dict:
+    """Print and return one case's figures: µs per update (median, min, max over rounds) and operator calls
+    of the unfused autograd update (the network as it was before this wave), the fused autograd one and the
+    lean one."""
     torch.manual_seed(0)
     unfused = UnfusedActorCritic(obs_dim, action_space)
     fused = ActorCritic(obs_dim, action_space, hidden=HIDDEN)
-    fused.load_state_dict(unfused.state_dict())  # the same weights in both layouts
+    fused.load_state_dict(unfused.state_dict())  # the same weights in every layout
+    lean_net = ActorCritic(obs_dim, action_space, hidden=HIDDEN)
+    lean_net.load_state_dict(unfused.state_dict())
     batch = make_batch(unfused, obs_dim, action_space)
-    learners = {"unfused": Learner(unfused), "fused": Learner(fused)}
+    learners = {"unfused autograd": Learner(unfused), "fused autograd": Learner(fused),
+                "lean": LeanLearner(lean_net)}
 
     times = interleaved({k: (lambda lr=lr: lr.update(batch)) for k, lr in learners.items()}, reps, n)
-    net_times = interleaved({k: (lambda lr=lr: lr.network_step(batch)) for k, lr in learners.items()}, reps, n)
-    calls = {k: phase_calls(lr, batch) for k, lr in learners.items()}
-
-    def ratio(t: dict[str, list[float]]) -> float:
-        return statistics.median(f / u for f, u in zip(t["fused"], t["unfused"], strict=True))
+    calls = {k: operator_calls(lambda lr=lr: lr.update(batch)) for k, lr in learners.items()}
+    base = times["unfused autograd"]
 
     print(f"\n## {name}: one PPO update, {BATCH}-row minibatch, {'-'.join(map(str, HIDDEN))} tanh separate trunks")
-    print(f"{'':36}{'unfused':>10}{'fused':>10}{'fused/unfused':>15}")
-    print(f"{'µs per update':36}{statistics.median(times['unfused']):10.0f}"
-          f"{statistics.median(times['fused']):10.0f}{ratio(times):15.2f}")
-    print(f"{'µs network alone (fwd+bwd)':36}{statistics.median(net_times['unfused']):10.0f}"
-          f"{statistics.median(net_times['fused']):10.0f}{ratio(net_times):15.2f}")
-    ops = {k: calls[k][0]["update"] for k in learners}
-    print(f"{'operator calls per update':36}{ops['unfused']:10.0f}{ops['fused']:10.0f}"
-          f"{ops['fused'] / ops['unfused']:15.2f}")
+    print(f"{'':20}{'µs per update (min–max)':>28}{'× cheaper than unfused':>25}{'operator calls':>16}")
+    figures = {}
+    for key, values in times.items():
+        # the ratio: median over rounds of the per-round ratio (load drift within a round cancels)
+        cheaper = statistics.median(b / v for b, v in zip(base, values, strict=True))
+        figures[key] = {"us": statistics.median(values), "min": min(values), "max": max(values),
+                        "cheaper_than_unfused": cheaper, "operator_calls": calls[key][0]}
+        print(f"{key:20}{statistics.median(values):12.0f} ({min(values):5.0f}–{max(values):5.0f}){'':4}"
+              f"{cheaper:21.2f}×{calls[key][0]:16.0f}")
 
-    split: dict[str, dict[str, list[float]]] = {k: {} for k in learners}
-    for _ in range(max(reps * n // 4, 50)):
-        for key, learner in learners.items():
-            for phase, seconds in learner.phases(batch).items():
-                split[key].setdefault(phase, []).append(seconds * 1e6)
-    print("\nwhere an update goes, per phase (µs: medians of single-update phase timings; calls: profiler events)")
-    print(f"  {'':22}{'µs unfused':>12}{'µs fused':>10}{'calls unfused':>15}{'calls fused':>13}")
-    for phase in split["fused"]:
-        print(f"  {phase:22}{statistics.median(split['unfused'][phase]):12.0f}"
-              f"{statistics.median(split['fused'][phase]):10.0f}"
-              f"{calls['unfused'][0][phase]:15.0f}{calls['fused'][0][phase]:13.0f}")
-
-    per_op = calls["fused"][1]
+    per_op = calls["lean"][1]
     total = sum(us for _, us in per_op.values())
-    print(f"\nfused update, top {top} operators by self CPU time (per update; profiled, so inflated):")
+    print(f"\nlean update, top {top} operators by self CPU time (per update; profiled, so inflated):")
     for key, (count, us) in sorted(per_op.items(), key=lambda item: item[1][1], reverse=True)[:top]:
         print(f"  {key[:66]:68}{count:5.0f} calls {us:7.1f} µs {100 * us / total:5.1f}%")
+    return figures
 
 
 def main() -> None:
@@ -239,10 +262,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds of 40 updates")
     args = parser.parse_args()
     reps, n = (5, 40) if args.quick else (args.reps, args.updates)
+    measure(reps, n, args.top)
+
+
+def measure(reps: int = 21, n: int = 100, top: int = 15) -> dict:
+    """Every case's figures (also what ``benchmarks/run_all.py`` reports)."""
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, {reps} rounds × {n} updates per network")
-    for name, (obs_dim, action_space) in CASES.items():
-        run_case(name, obs_dim, action_space, reps, n, args.top)
+    print(f"torch {torch.__version__}, 1 thread, {reps} rounds × {n} updates per variant")
+    return {name: run_case(name, obs_dim, action_space, reps, n, top)
+            for name, (obs_dim, action_space) in CASES.items()}
 
 
 if __name__ == "__main__":

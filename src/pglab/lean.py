@@ -25,7 +25,7 @@ The math, per real row i with weight w_i = m_i / Σm (masked means), ρ_i = exp(
 
 Scope: what ``unsupported`` accepts — ``ActorCritic`` (tanh or relu, any depth, shared or separate trunks,
 with or without a value head, categorical or Gaussian head) with the ``Clip``, ``Importance`` or ``Reinforce``
-surrogate aggregated by token mean, optional value clipping and advantage normalisation. Everything else
+surrogate aggregated by token mean or episode sum, optional value clipping and advantage normalisation. Everything else
 (KL penalty, GRPO/GSPO, other aggregations, CNN/transformer policies, per-group clipping, ``learner.compile``)
 uses the autograd update, which is the reference this one is tested against
 (``tests/unit/test_lean_update.py``: loss, every gradient and every diagnostic, to float32 rounding).
@@ -61,8 +61,8 @@ def unsupported(policy, surrogate: Surrogate, *, clip_per_group: bool = False, c
         return f"model.activation={policy.activation} (the lean update derives tanh and relu)"
     if type(surrogate) not in _SURROGATES:
         return f"the {type(surrogate).__name__} surrogate (the lean update derives clip, importance and reinforce)"
-    if surrogate.aggregation != "token_mean":
-        return f"aggregation={surrogate.aggregation} (the lean update derives token_mean)"
+    if surrogate.aggregation not in ("token_mean", "episode_sum"):
+        return f"aggregation={surrogate.aggregation} (the lean update derives token_mean and episode_sum)"
     if surrogate.needs_reference:
         return "a surrogate with a reference policy"
     if clip_per_group:
@@ -89,6 +89,7 @@ class LeanUpdate:
         self.eps_high = getattr(surrogate, "eps_high", 0.0)
         self.vf_coef, self.ent_coef = float(vf_coef), float(ent_coef)
         self.value_clip, self.normalize = value_clip, normalize_advantages
+        self.episode_sum = surrogate.aggregation == "episode_sum"
         self.discrete = isinstance(policy.head, CategoricalHead)
         self.activation_backward = _ACTIVATION_BACKWARD[policy.activation]
         self.has_value, self.stacked, self.width = policy.has_value, policy.stacked, policy.out_width
@@ -110,7 +111,7 @@ class LeanUpdate:
         self.loss_weights[0], self.loss_weights[1] = 1.0, self.ent_coef
         if self.has_value:
             self.loss_weights[-1] = 0.5 * self.vf_coef
-        self.value_row = len(scale) - 1 if self.has_value else None
+        self.approx_kl_row = 3  # of the unscaled means ``__call__`` returns (k3 needs no scaling)
         self._bind_gradients()
 
     def _bind_gradients(self) -> None:
@@ -139,19 +140,43 @@ class LeanUpdate:
                 p.grad = g
 
     @torch.no_grad()
-    def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def prepare(self, batches: list[Batch]) -> list[tuple]:
+        """Per minibatch: (row weights w [B], (normalised) advantages Â [B], the surrogate's row weights times −Â
+        [B], real-row mask [B] bool, and for ``episode_sum`` the surrogate's scale Σm/N [] (else None)).
+
+        They depend on the data only, so a Lightning step computes them for all its minibatches at once (one set
+        of [M, B] operations instead of M sets of [B] ones) when the minibatches have one size."""
+        if len(batches) > 1 and len({b.mask.shape[0] for b in batches}) > 1:
+            return [self.prepare([b])[0] for b in batches]
+        mask = torch.stack([b.mask for b in batches])  # [M, B]
+        advantages = torch.stack([b.advantages for b in batches])
+        count = mask.sum(1, keepdim=True).clamp_min_(1.0)
+        weight = mask / count  # each row's weight in a masked mean
+        if self.normalize:  # per minibatch (A − mean)/(std + 1e-8) over the real rows, as the autograd loss
+            centred = advantages - (advantages * weight).sum(1, keepdim=True)
+            std = ((centred * centred * mask).sum(1, keepdim=True) / (count - 1).clamp_min_(1.0)).sqrt_()
+            advantages = centred.div_(std.add_(1e-8))
+        neg_adv_w = (advantages * weight).neg_()
+        if self.episode_sum:
+            # the surrogate's rows weigh m/N (N episodes) instead of m/Σm: the same means, scaled by Σm/N
+            episodes = torch.tensor([[max(b.num_episodes, 1)] for b in batches], dtype=mask.dtype, device=mask.device)
+            scale = count / episodes
+            neg_adv_w.mul_(scale)
+            scales = scale.view(-1).unbind()
+        else:
+            scales = [None] * len(batches)
+        return list(zip(weight.unbind(), advantages.unbind(), neg_adv_w.unbind(), (mask > 0).unbind(), scales,
+                        strict=True))
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch, prepared: tuple | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Loss [] and diagnostics (masked means [K−2] unscaled — see ``stats`` — and the ratio's (min, max)) of
+        one minibatch; its gradient is written into ``flat_grad``. ``prepared``: its entry of ``prepare``."""
         self.rebind()
         policy, stacked = self.policy, self.stacked
-        obs, mask = batch.obs, batch.mask
-        count = mask.sum().clamp_min(1.0)
-        weight = mask / count  # [B] each row's weight in a masked mean
-        advantages = batch.advantages
-        if self.normalize:
-            centred = advantages - torch.dot(advantages, weight)
-            std = (torch.dot(centred * centred, mask) / (count - 1).clamp_min(1.0)).sqrt_()
-            advantages = centred / std.add_(1e-8)
-        neg_adv_w = advantages * weight
-        neg_adv_w.neg_()  # [B] −Â_i w_i
+        obs = batch.obs
+        weight, advantages, neg_adv_w, real, surrogate_scale = \
+            prepared if prepared is not None else self.prepare([batch])[0]
 
         # -- forward: inputs of every layer kept for the backward
         x = obs.expand(2, *obs.shape) if stacked else obs
@@ -191,25 +216,31 @@ class LeanUpdate:
         if self.kind == "clip":
             unclipped = ratio * advantages
             clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high) * advantages
-            keep = unclipped <= clipped  # where min() takes the unclipped branch (ties: the same gradient)
+            # where min() takes the clipped branch, whose gradient is 0 (ties, inside the range: the same gradient)
+            clipped_active = clipped < unclipped
             rows.append(torch.minimum(unclipped, clipped).neg_())
-            dlogp = torch.where(keep, ratio * neg_adv_w, 0.0)
+            dlogp = (ratio * neg_adv_w).masked_fill_(clipped_active, 0.0)
         elif self.kind == "importance":
             rows.append(-(ratio * advantages))
             dlogp = ratio * neg_adv_w
         else:  # reinforce
             rows.append(-(advantages * logp))
             dlogp = neg_adv_w
+        if surrogate_scale is not None:
+            rows[0].mul_(surrogate_scale)
         rows += [neg_entropy, log_ratio, torch.expm1(log_ratio).sub_(log_ratio), ratio]
         if self.kind == "clip":
-            rows.append((~keep).to(ratio.dtype))
+            rows.append(clipped_active.to(ratio.dtype))
 
         # ∂L/∂(head output)
         if self.discrete:
-            d_head = probs * dlogp.neg().unsqueeze(1)
-            d_head.scatter_add_(1, actions, dlogp.unsqueeze(1))  # g·(onehot − p)
+            # g·(onehot − p) + c_e·w·p⊙(log p + H)  =  p ⊙ (c_e·w·(log p + H) − g)  + g at the taken action
             if self.ent_coef:
-                d_head.add_(probs * (log_probs - neg_entropy.unsqueeze(1)) * (self.ent_coef * weight).unsqueeze(1))
+                d_head = (log_probs - neg_entropy.unsqueeze(1)).mul_((self.ent_coef * weight).unsqueeze(1))
+                d_head.sub_(dlogp.unsqueeze(1)).mul_(probs)
+            else:
+                d_head = probs * dlogp.neg().unsqueeze(1)
+            d_head.scatter_add_(1, actions, dlogp.unsqueeze(1))
         else:
             d_head = z * inv_std * dlogp.unsqueeze(1)
             # ∂L/∂ log σ = Σ_i g_i (z_i² − 1) − c_e Σ_i w_i
@@ -245,9 +276,14 @@ class LeanUpdate:
         means = torch.mv(torch.stack(rows), weight)
         loss = torch.dot(means, self.loss_weights)
         # padding rows take the mean ratio, which lies within the real rows' [min, max]
-        extremes = torch.aminmax(torch.where(mask > 0, ratio, means[4]))
-        stats = torch.cat([means * self.scale, torch.stack(extremes)])
-        return loss, stats
+        extremes = torch.aminmax(torch.where(real, ratio, means[4]))
+        return loss, (means, torch.stack(extremes))
+
+    def stats(self, diagnostics: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """The mean over updates of each diagnostic named in ``keys`` [K], from ``__call__``'s second outputs
+        (the masked means are scaled here, once: the mean is linear)."""
+        means = torch.stack([m for m, _ in diagnostics]).mean(0) * self.scale
+        return torch.cat([means, torch.stack([e for _, e in diagnostics]).mean(0)])
 
     def _backward(self, d_out: Tensor, inputs: list[Tensor]) -> None:
         """d_out [B, out] (or [2, B, out] stacked) → every weight and bias gradient, written in place."""
@@ -269,12 +305,13 @@ class LeanUpdate:
             grad = self.activation_backward(grad_input, layer_input)
 
 
-def clip_flat_(flat_grad: Tensor, max_norm: float | None) -> Tensor:
-    """The gradient's global norm before clipping; scales it to ``max_norm`` when larger (as
-    ``torch.nn.utils.clip_grad_norm_``: coefficient max_norm / (norm + 1e-6), capped at 1)."""
-    norm = torch.linalg.vector_norm(flat_grad)
-    if max_norm is not None:
-        flat_grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
+def clip_flat_(flat_grad: Tensor, max_norm: float | None) -> float:
+    """The gradient's global norm before clipping (a host sync: the caller's finite check needs it anyway); scales
+    the gradient to ``max_norm`` when larger, as ``torch.nn.utils.clip_grad_norm_`` (coefficient
+    max_norm / (norm + 1e-6), capped at 1). A non-finite norm leaves the gradient as it is."""
+    norm = float(torch.linalg.vector_norm(flat_grad))
+    if max_norm is not None and max_norm < norm < math.inf:
+        flat_grad.mul_(max_norm / (norm + 1e-6))
     return norm
 
 

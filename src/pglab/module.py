@@ -269,6 +269,7 @@ class PolicyGradientModule(L.LightningModule):
         max_norm = self.hparams.max_grad_norm
         params = [p for p in self.policy.parameters() if p.requires_grad]
         world, through_lightning = self.world_size, self._through_lightning  # fixed within a step
+        prepared = None  # the lean update's per-minibatch constants, for all of the step's minibatches at once
         for i, batch in enumerate(minibatches):
             # the per-group gradient norms are a diagnostic: taken on a rollout's first update (≈ 6% of an update's
             # cost), on every update only when clip_per_group needs them
@@ -280,7 +281,9 @@ class PolicyGradientModule(L.LightningModule):
             if self._finite_snapshot is None:
                 self._finite_snapshot = [p.detach().clone() for p in params]
             if self._lean is not None:
-                self._lean_update(batch, optimizer.optimizer, first)
+                if prepared is None:
+                    prepared = self._lean.prepare(minibatches)
+                self._lean_update(batch, prepared[i], optimizer.optimizer, first)
                 continue
             loss = self.minibatch_loss(batch)
             if through_lightning:
@@ -295,7 +298,7 @@ class PolicyGradientModule(L.LightningModule):
                     grad_norm = self._grad_norm(params, None)
                 else:
                     grad_norm = self._grad_norm(params, max_norm)
-                if self._update_is_finite(loss, grad_norm):
+                if self._update_is_finite(float(loss.detach()), float(grad_norm)):
                     optimizer.step()
             else:
                 # the torch optimizer directly: ~0.5 ms less per update (11% of a CartPole PPO run); used only on
@@ -311,7 +314,7 @@ class PolicyGradientModule(L.LightningModule):
                 if first or self.hparams.clip_per_group:
                     self._record_group_norms()
                 grad_norm = self._grad_norm(params, max_norm)
-                if self._update_is_finite(loss, grad_norm):
+                if self._update_is_finite(float(loss.detach()), float(grad_norm)):
                     torch_optimizer.step()
                 # keep trainer.global_step counting updates: checkpointing and max_steps rely on it
                 step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
@@ -320,20 +323,21 @@ class PolicyGradientModule(L.LightningModule):
             self.updates += 1
         self._check_parameters(params)
 
-    def _lean_update(self, batch: Batch, torch_optimizer: torch.optim.Optimizer, first: bool) -> None:
+    def _lean_update(self, batch: Batch, prepared: tuple, torch_optimizer: torch.optim.Optimizer,
+                     first: bool) -> None:
         """One update with ``pglab.lean``'s hand-derived gradient: the direct path's steps, on the flat gradient."""
         lean = self._lean
-        loss, stats = lean(batch)
-        self._lean_stats.append(stats)
+        loss, diagnostics = lean(batch, prepared)
+        self._lean_stats.append(diagnostics)
         target_kl = self.hparams.target_kl
-        if target_kl is not None and self._global_mean(stats[lean.keys.index("approx_kl")]) > target_kl:
+        if target_kl is not None and self._global_mean(diagnostics[0][lean.approx_kl_row]) > target_kl:
             self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
         if self.world_size > 1:  # trainer=ddp (GradientAllReduceDDP): one all-reduce of the flat gradient
             all_reduce_mean_([lean.flat_grad])
         if first:
             self._record_group_norms()
         grad_norm = clip_flat_(lean.flat_grad, self.hparams.max_grad_norm)
-        if self._update_is_finite(loss, grad_norm):
+        if self._update_is_finite(float(loss), grad_norm):
             fused_adam_step(torch_optimizer)
         step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         step_progress.increment_ready()
@@ -383,17 +387,17 @@ class PolicyGradientModule(L.LightningModule):
             return torch.zeros(())
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
-    def _update_is_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
-        """False (skip) or NonFiniteError (stop) when the loss or the gradient is NaN/inf; one host sync."""
-        if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+    def _update_is_finite(self, loss: float, grad_norm: float) -> bool:
+        """False (skip) or NonFiniteError (stop) when the loss or the gradient is NaN/inf."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
             return True
-        what = "loss" if not torch.isfinite(loss.detach()) else "gradient"
+        what = "loss" if not math.isfinite(loss) else "gradient"
         where = f"update {self.updates + 1} (epoch {self.current_epoch}, env step {int(self.env_steps)})"
         if self.hparams.nonfinite == "skip":
             self.skipped_updates += 1
             return False
         raise NonFiniteError(
-            f"non-finite {what} ({float(loss.detach()):g} loss, {float(grad_norm):g} gradient norm) at {where}; the "
+            f"non-finite {what} ({loss:g} loss, {grad_norm:g} gradient norm) at {where}; the "
             "update was not applied. Lower learner.lr, set learner.max_grad_norm, check the env's rewards and "
             "observations — or set learner.nonfinite=skip to skip such updates and count them")
 
@@ -487,8 +491,8 @@ class PolicyGradientModule(L.LightningModule):
         for key, values in self._epoch_stats.items():
             metrics[f"train/{key}"] = float(torch.stack(values).float().mean())
         self._epoch_stats.clear()
-        if self._lean_stats:  # the lean update's diagnostics: one vector per update, averaged in one go
-            means = torch.stack(self._lean_stats).mean(0).tolist()
+        if self._lean_stats:  # the lean update's diagnostics, averaged over the epoch's updates in one go
+            means = self._lean.stats(self._lean_stats).tolist()
             metrics.update({f"train/{key}": value for key, value in zip(self._lean.keys, means, strict=True)})
             self._lean_stats.clear()
         if self.world_size == 1:

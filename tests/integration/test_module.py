@@ -90,3 +90,33 @@ def test_adaptive_beta_updates_once_per_rollout_on_the_post_update_kl(kl, expect
     module.on_train_epoch_end()
     assert float(module.surrogate.beta) == expected
     assert module._trainer.callback_metrics["train/kl_post_update"] == kl
+
+
+@pytest.mark.parametrize("overrides", [["algo=ppo"], ["algo=ppo", "env=pendulum", "learner.value_clip=0.2",
+                                                     "learner.ent_coef=0.01", "model.shared=true"],
+                                       ["algo=a2c"], ["algo=reinforce_baseline"]])
+def test_lean_and_autograd_training_agree(make_cfg, tmp_path, overrides):
+    """The same seed trained with the lean update and with autograd: the same run up to float rounding."""
+    runs = {}
+    for gradients in ("lean", "autograd"):
+        cfg = make_cfg(*overrides, "total_env_steps=768", "++eval.enabled=false", "++checkpoint.enabled=false",
+                       f"learner.gradients={gradients}", output_dir=tmp_path / gradients)
+        r = build(cfg)
+        r.trainer.fit(r.module, datamodule=r.datamodule)
+        assert r.module.update_path == gradients
+        runs[gradients] = r
+    lean, autograd = runs["lean"], runs["autograd"]
+    assert lean.module.updates == autograd.module.updates > 1
+    for (name, p), q in zip(lean.module.policy.named_parameters(), autograd.module.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+    metrics = {k: float(v) for k, v in autograd.trainer.callback_metrics.items() if k.startswith("train/")}
+    for key, value in metrics.items():
+        assert float(lean.trainer.callback_metrics[key]) == pytest.approx(value, rel=1e-3, abs=1e-5), key
+
+
+def test_auto_takes_the_lean_update_where_it_applies(make_cfg):
+    for algo, expected in (("ppo", "lean"), ("ppo_kl", "autograd"), ("grpo", "autograd")):
+        cfg = make_cfg(f"algo={algo}", "total_env_steps=64", "++eval.enabled=false", "++checkpoint.enabled=false")
+        r = build(cfg)
+        r.trainer.fit(r.module, datamodule=r.datamodule)
+        assert r.module.update_path == expected, algo

@@ -158,8 +158,8 @@ def test_skip_mode_counts_skipped_updates(make_cfg, monkeypatch, gradients):
     else:  # the lean update's loss and gradient, both NaN
         original_call = LeanUpdate.__call__
 
-        def poisoned(self, batch):
-            loss, stats = original_call(self, batch)
+        def poisoned(self, batch, prepared=None):
+            loss, stats = original_call(self, batch, prepared)
             loss = poison(loss)
             if not torch.isfinite(loss):
                 self.flat_grad.fill_(float("nan"))

@@ -45,19 +45,21 @@ def run_one(preset: str, seed: int, budget: int) -> dict:
     final = tracker.history[-1][1] if tracker.history else float("nan")
     return {"preset": preset, "seed": seed, "budget": budget, "final_return_mean20": final,
             "solved_at": tracker.solved_at, "wall_s": time.perf_counter() - start,
-            "env_steps": int(r.module.env_steps)}
+            "env_steps": int(r.module.env_steps), "updates": r.module.update_path}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | budget | final mean return (last 20 ep.), per seed | env steps to 475, per seed | solved |",
-             "|---|---|---|---|---|"]
+    lines = ["| preset | updates | budget | final mean return (last 20 ep.), per seed | env steps to 475, per seed "
+             "| solved |",
+             "|---|---|---|---|---|---|"]
     for preset in dict.fromkeys(r["preset"] for r in rows):
         rs = sorted((r for r in rows if r["preset"] == preset), key=lambda r: r["seed"])
         finals = ", ".join(f"{r['final_return_mean20']:.0f}" for r in rs)
         solved = ", ".join(f"{r['solved_at']:,}" if r["solved_at"] else "—" for r in rs)
         n_solved = sum(r["solved_at"] is not None for r in rs)
         med = statistics.median(r["final_return_mean20"] for r in rs)
-        lines.append(f"| {preset} | {rs[0]['budget']:,} | {finals} (median {med:.0f}) | {solved} | "
+        lines.append(f"| {preset} | {rs[0].get('updates', '?')} | {rs[0]['budget']:,} | {finals} (median {med:.0f}) "
+                     f"| {solved} | "
                      f"{n_solved}/{len(rs)} |")
     return "\n".join(lines)
 

@@ -1,10 +1,12 @@
 """Speed benchmarks, pglab side by side with Stable-Baselines3 (``make bench``).
 
-Runs throughput, time to solve, collection limit and start-up (see ``benchmarks/speed.py``), prints every
-figure and writes ``benchmarks/results/speed.json`` and ``speed.md``. Needs the ``bench`` extra
-(stable-baselines3, psutil). About 8–12 min on a 2-core CPU; ``--quick`` is a 1–2 min smoke run.
+Runs start-up, per-update cost, throughput (CartPole / Pendulum / HalfCheetah), pglab as shipped, collection and
+per-rollout overhead, and time to solve (see ``benchmarks/speed.py``), prints every figure and writes
+``benchmarks/results/speed.json`` and ``speed.md``. Needs the ``bench`` extra (stable-baselines3, psutil, MuJoCo).
+About 10–13 min on a 2-core CPU; ``--quick`` is a 2–3 min smoke run.
 
-    python benchmarks/run_all.py [--quick] [--only throughput solve collection startup] [--repeats 3] [--seeds 0 1 2]
+    python benchmarks/run_all.py [--quick] [--only startup updates throughput shipped collection solve]
+        [--cases cartpole_cleanrl pendulum_zoo halfcheetah_cleanrl] [--repeats 3] [--seeds 0 1 2]
     python benchmarks/run_all.py --learning      # also run benchmarks/learning.py afterwards (long)
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import speed
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("startup", "throughput", "collection", "solve")
+BENCHMARKS = ("startup", "updates", "throughput", "shipped", "collection", "solve")
 
 
 def versions() -> str:
@@ -75,7 +77,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--repeats", type=int, help="repeats of throughput, collection, start-up (default 3)")
     parser.add_argument("--seeds", type=int, nargs="*", help="time-to-solve seeds (default 0..4)")
-    parser.add_argument("--steps", type=int, help="env steps per throughput run (default 50000)")
+    parser.add_argument("--steps", type=int, help="env steps of the as-shipped CartPole runs (default 30000)")
+    parser.add_argument("--cases", nargs="*", choices=list(speed.CASES), help="throughput cases (default: all)")
     parser.add_argument("--cap", type=int, default=100_000, help="time-to-solve cap in env steps")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--learning", action="store_true", help="then run benchmarks/learning.py too")
@@ -87,7 +90,7 @@ def main() -> None:
 
     repeats = args.repeats or (1 if args.quick else 3)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
-    steps = args.steps or (10_000 if args.quick else 50_000)
+    steps = args.steps or (8_192 if args.quick else 30_000)
     collect_steps = 10_000 if args.quick else 30_000
     train_steps = 10_000 if args.quick else 30_000
 
@@ -97,7 +100,9 @@ def main() -> None:
     print(f"pglab speed benchmarks: {res['meta']['command']}\n{res['meta']['machine']}\n{res['meta']['versions']}")
     runners = {
         "startup": lambda: speed.startup(repeats),
-        "throughput": lambda: speed.throughput(repeats, steps, with_defaults=not args.quick),
+        "updates": lambda: speed.update_cost(args.quick),
+        "throughput": lambda: speed.throughput(repeats, args.quick, args.cases),
+        "shipped": lambda: speed.shipped(repeats, steps),
         "collection": lambda: speed.collection(repeats, collect_steps, train_steps),
         "solve": lambda: speed.solve(seeds, args.cap),
     }

@@ -1,12 +1,16 @@
 """Speed benchmarks, pglab side by side with Stable-Baselines3 (the parent side; the measured code is in
 ``speed_jobs.py`` and ``first_step.py``, each job in a fresh subprocess).
 
-1. throughput   env steps/s of full PPO training on CartPole-v1 at CleanRL's defaults (4 envs × 128 steps,
-                4 minibatches, 4 epochs), timing ``trainer.fit`` / ``model.learn`` only
-2. solve        wall-clock from process launch (imports count) until the mean of the last 20 episode returns
-                ≥ 475; pglab ``algo=ppo`` vs SB3 PPO with rl-zoo3's tuned CartPole-v1 hyperparameters
-3. collection   pglab's rollout collection alone (act + env step) vs full training, both at the ppo preset
-4. startup      seconds from process launch to the first env step, and peak RSS
+startup      seconds from process launch to the first env step, ``import lightning`` alone, and peak RSS
+updates      µs per PPO update (benchmarks/update_cost.py): before this wave, fused autograd, lean
+throughput   env steps/s of full PPO training, pglab vs SB3 on the same settings, timing ``trainer.fit`` /
+             ``model.learn`` only: CartPole-v1 (CleanRL ppo.py), Pendulum-v1 (rl-zoo3), HalfCheetah-v5 (CleanRL
+             ppo_continuous_action)
+shipped      pglab at the CleanRL CartPole settings with its periodic eval and checkpoints on
+collection   pglab's rollout collection alone (act + env step) vs full training, both at the ppo preset, and
+             Lightning's per-rollout cost beyond collection and updates
+solve        wall-clock from process launch (imports count) until the mean of the last 20 episode returns
+             ≥ 475: pglab ``experiment=cartpole_fast`` and ``algo=ppo`` vs SB3 PPO with rl-zoo3's CartPole settings
 """
 
 from __future__ import annotations
@@ -22,13 +26,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed_jobs import PGLAB_BARE, PGLAB_CLEANRL, SB3_CLEANRL, SB3_ZOO
+from speed_jobs import PGLAB_BARE, PGLAB_CLEANRL, PGLAB_HALFCHEETAH, PGLAB_PENDULUM, SB3_CASES, SB3_ZOO
 
 HERE = Path(__file__).resolve().parent
 STARTUP_ARGS = ["algo=ppo", "logger=none", "trainer.enable_progress_bar=false", "total_env_steps=256"]
 PGLAB_THROUGHPUT = PGLAB_CLEANRL + PGLAB_BARE
 PGLAB_PPO = ["algo=ppo", *PGLAB_BARE]
-TARGETS = {"throughput": 2.5, "solve_time": 0.5, "solve_steps": 1.0, "train_vs_collect": 0.5, "startup_s": 4.0}
+# the wall-clock CartPole preset (conf/experiment/cartpole_fast.yaml) races rl-zoo3's settings too
+PGLAB_FAST = ["experiment=cartpole_fast", *PGLAB_BARE]
+# throughput cases: (label, pglab overrides, env steps per run, quick-run steps, target pglab/SB3)
+CASES = {
+    "cartpole_cleanrl": ("PPO CartPole-v1, CleanRL ppo.py settings", PGLAB_THROUGHPUT, 30_000, 8_192, 2.5),
+    "pendulum_zoo": ("PPO Pendulum-v1, rl-zoo3 settings", PGLAB_PENDULUM + PGLAB_BARE, 12_288, 4_096, 2.0),
+    "halfcheetah_cleanrl": ("PPO HalfCheetah-v5, CleanRL ppo_continuous_action settings",
+                            PGLAB_HALFCHEETAH + PGLAB_BARE, 6_144, 2_048, 1.5),
+}
+TARGETS = {"solve_time": 0.5, "solve_steps": 1.0, "update_speedup": 3.0, "startup_own_s": 0.5}
+# per-update µs before this wave (issue 11's "today"): the unfused autograd update, measured side by side
 
 
 # -- running one child -----------------------------------------------------------------------------------
@@ -102,30 +116,55 @@ def log(msg: str) -> None:
 
 
 # -- the four benchmarks ---------------------------------------------------------------------------------
-def throughput(repeats: int, steps: int, with_defaults: bool = True) -> dict:
-    rows = []
-    for i in range(repeats):  # interleaved pairs, so slow phases of a loaded machine hit both
-        pg = job("pglab_train", {"overrides": PGLAB_THROUGHPUT, "steps": steps, "seed": i})
-        sb = job("sb3_train", {"steps": steps, "seed": i})
-        shipped = job("pglab_train", {"overrides": PGLAB_CLEANRL, "steps": steps, "seed": i}) if with_defaults \
-            else None
-        log(f"  throughput #{i}: pglab {pg['sps']:,.0f} env steps/s ({pg['env_steps']} steps, {pg['train_s']:.1f} s, "
-            f"{pg['peak_rss_mb']:.0f} MB) | SB3 {sb['sps']:,.0f} env steps/s ({sb['env_steps']} steps, "
-            f"{sb['train_s']:.1f} s, {sb['peak_rss_mb']:.0f} MB) | ratio {pg['sps'] / sb['sps']:.2f}x")
-        if shipped:
-            log(f"  throughput #{i}: pglab with its default eval + checkpoints on: {shipped['sps']:,.0f} env steps/s")
-        rows.append({"pglab": pg, "sb3": sb, "pglab_defaults": shipped})
-    return {
-        "steps": steps, "runs": rows,
-        "pglab_sps": summary([r["pglab"]["sps"] for r in rows]),
-        "sb3_sps": summary([r["sb3"]["sps"] for r in rows]),
-        "pglab_defaults_sps": summary([r["pglab_defaults"]["sps"] for r in rows if r["pglab_defaults"]]),
-        "ratio": summary([r["pglab"]["sps"] / r["sb3"]["sps"] for r in rows]),
-        "pglab_collect_share": summary([r["pglab"]["collect_s"] / r["pglab"]["train_s"] for r in rows]),
-        "sb3_collect_share": summary([r["sb3"]["collect_s"] / r["sb3"]["train_s"] for r in rows]),
-        "pglab_rss_mb": summary([r["pglab"]["peak_rss_mb"] for r in rows]),
-        "sb3_rss_mb": summary([r["sb3"]["peak_rss_mb"] for r in rows]),
-    }
+def throughput(repeats: int, quick: bool = False, cases: list[str] | None = None) -> dict:
+    """Env steps/s of full training, pglab vs SB3 on the same settings, interleaved pairs per case."""
+    out = {}
+    for case in cases or list(CASES):
+        label, overrides, steps, quick_steps, target = CASES[case]
+        steps = quick_steps if quick else steps
+        try:
+            rows = []
+            for i in range(repeats):  # interleaved pairs, so slow phases of a loaded machine hit both
+                pg = job("pglab_train", {"overrides": overrides, "steps": steps, "seed": i})
+                sb = job("sb3_train", {"case": case, "steps": steps, "seed": i})
+                log(f"  {case} #{i}: pglab {pg['sps']:,.0f} env steps/s ({pg['env_steps']} steps, "
+                    f"{pg['train_s']:.1f} s, {pg['updates']} {pg['update_path']} updates) | SB3 {sb['sps']:,.0f} "
+                    f"env steps/s ({sb['env_steps']} steps, {sb['train_s']:.1f} s) | "
+                    f"ratio {pg['sps'] / sb['sps']:.2f}x")
+                rows.append({"pglab": pg, "sb3": sb})
+        except RuntimeError as err:  # e.g. MuJoCo not installed: report it, run the rest
+            log(f"  {case}: could not run ({str(err).splitlines()[-1]})")
+            out[case] = {"label": label, "error": str(err).splitlines()[-1], "target": target, "steps": steps}
+            continue
+        out[case] = {
+            "label": label, "steps": steps, "target": target, "runs": rows,
+            "pglab_sps": summary([r["pglab"]["sps"] for r in rows]),
+            "sb3_sps": summary([r["sb3"]["sps"] for r in rows]),
+            "ratio": summary([r["pglab"]["sps"] / r["sb3"]["sps"] for r in rows]),
+            "pglab_collect_share": summary([r["pglab"]["collect_s"] / r["pglab"]["train_s"] for r in rows]),
+            "sb3_collect_share": summary([r["sb3"]["collect_s"] / r["sb3"]["train_s"] for r in rows]),
+            "pglab_update_share": summary([r["pglab"]["update_s"] / r["pglab"]["train_s"] for r in rows]),
+            "pglab_rss_mb": summary([r["pglab"]["peak_rss_mb"] for r in rows]),
+            "sb3_rss_mb": summary([r["sb3"]["peak_rss_mb"] for r in rows]),
+        }
+    return out
+
+
+def shipped(repeats: int, steps: int) -> dict:
+    """pglab as shipped (periodic greedy eval + checkpoints on) at the CleanRL CartPole settings."""
+    runs = [job("pglab_train", {"overrides": PGLAB_CLEANRL, "steps": steps, "seed": i}) for i in range(repeats)]
+    for i, r in enumerate(runs):
+        log(f"  as shipped #{i}: {r['sps']:,.0f} env steps/s")
+    return {"steps": steps, "runs": runs, "pglab_sps": summary([r["sps"] for r in runs])}
+
+
+def update_cost(quick: bool) -> dict:
+    """µs per PPO update (CartPole and Pendulum-like, 128 rows): unfused autograd, fused autograd, lean."""
+    figures = job("update_cost", {"reps": 5 if quick else 15, "updates": 40 if quick else 100})["figures"]
+    for case, variants in figures.items():
+        log(f"  {case}: " + " | ".join(f"{k} {v['us']:.0f} µs ({v['operator_calls']:.0f} ops)"
+                                       for k, v in variants.items()))
+    return figures
 
 
 def collection(repeats: int, collect_steps: int, train_steps: int) -> dict:
@@ -133,8 +172,12 @@ def collection(repeats: int, collect_steps: int, train_steps: int) -> dict:
     for i in range(repeats):
         col = job("pglab_collect", {"overrides": PGLAB_PPO, "steps": collect_steps, "seed": i})
         tr = job("pglab_train", {"overrides": PGLAB_PPO, "steps": train_steps, "seed": i})
+        # what a Lightning epoch costs beyond the DataModule's rollout (collection + advantages) and the module's
+        # training step (the rollout's updates): loop bookkeeping, hooks, dataloader set-up, callbacks, loggers
+        tr["overhead_ms"] = 1e3 * (tr["train_s"] - tr["collect_s"] - tr["update_s"]) / tr["iterations"]
         log(f"  collection #{i}: collection only {col['sps']:,.0f} env steps/s | full training {tr['sps']:,.0f} "
-            f"env steps/s (collection {tr['collect_s'] / tr['train_s']:.0%} of it) | "
+            f"env steps/s (collection {tr['collect_s'] / tr['train_s']:.0%}, updates "
+            f"{tr['update_s'] / tr['train_s']:.0%}, the rest {tr['overhead_ms']:.1f} ms per rollout) | "
             f"ratio {tr['sps'] / col['sps']:.0%}")
         rows.append({"collect": col, "train": tr})
     return {
@@ -143,27 +186,33 @@ def collection(repeats: int, collect_steps: int, train_steps: int) -> dict:
         "train_sps": summary([r["train"]["sps"] for r in rows]),
         "ratio": summary([r["train"]["sps"] / r["collect"]["sps"] for r in rows]),
         "train_collect_share": summary([r["train"]["collect_s"] / r["train"]["train_s"] for r in rows]),
+        "train_update_share": summary([r["train"]["update_s"] / r["train"]["train_s"] for r in rows]),
+        "overhead_ms": summary([r["train"]["overhead_ms"] for r in rows]),
     }
 
 
 def solve(seeds: list[int], cap: int) -> dict:
     rows = []
+    runners = (("pglab", "pglab_solve", PGLAB_PPO), ("pglab_fast", "pglab_solve", PGLAB_FAST),
+               ("sb3", "sb3_solve", None))
     for seed in seeds:
         pair = {}
-        for lib, name in (("pglab", "pglab_solve"), ("sb3", "sb3_solve")):
-            r = job(name, {"overrides": PGLAB_PPO, "seed": seed, "cap": cap})
+        for lib, name, overrides in runners:
+            r = job(name, {"overrides": overrides, "seed": seed, "cap": cap})
             r["wall_s"] = r["solved_time"] - r["launch_time"] if r["solved_at"] is not None else math.inf
             r["steps"] = r["solved_at"] if r["solved_at"] is not None else math.inf
             pair[lib] = r
-        log(f"  solve seed {seed}: pglab {_solve_str(pair['pglab'])} | SB3 {_solve_str(pair['sb3'])}")
+        log(f"  solve seed {seed}: pglab ppo {_solve_str(pair['pglab'])} | pglab cartpole_fast "
+            f"{_solve_str(pair['pglab_fast'])} | SB3 {_solve_str(pair['sb3'])}")
         rows.append(pair)
     out: dict = {"cap": cap, "seeds": seeds, "runs": rows}
-    for lib in ("pglab", "sb3"):
+    for lib, _, _ in runners:
         out[f"{lib}_wall_s"] = summary([r[lib]["wall_s"] for r in rows])
         out[f"{lib}_steps"] = summary([r[lib]["steps"] for r in rows])
         out[f"{lib}_unsolved"] = sum(r[lib]["solved_at"] is None for r in rows)
-    out["time_ratio"] = out["pglab_wall_s"]["median"] / out["sb3_wall_s"]["median"]
-    out["steps_ratio"] = out["pglab_steps"]["median"] / out["sb3_steps"]["median"]
+    for lib in ("pglab", "pglab_fast"):
+        out[f"{lib}_time_ratio"] = out[f"{lib}_wall_s"]["median"] / out["sb3_wall_s"]["median"]
+        out[f"{lib}_steps_ratio"] = out[f"{lib}_steps"]["median"] / out["sb3_steps"]["median"]
     return out
 
 
@@ -181,13 +230,18 @@ def startup(repeats: int) -> dict:
             r = run_child([str(HERE / "first_step.py"), *argv], timeout=300)
             r["startup_s"] = r["first_step_time"] - r["launch_time"]
             pair[lib] = r
+        lightning = job("import_lightning", {})
+        pair["lightning_s"] = lightning["imported_time"] - lightning["launch_time"]
+        pair["pglab_own_s"] = pair["pglab"]["startup_s"] - pair["lightning_s"]
         log(f"  start-up #{i}: pglab {pair['pglab']['startup_s']:.2f} s to first env step "
-            f"({pair['pglab']['peak_rss_mb']:.0f} MB peak) | SB3 {pair['sb3']['startup_s']:.2f} s "
-            f"({pair['sb3']['peak_rss_mb']:.0f} MB peak)")
+            f"({pair['pglab']['peak_rss_mb']:.0f} MB peak; `import lightning` alone {pair['lightning_s']:.2f} s) "
+            f"| SB3 {pair['sb3']['startup_s']:.2f} s ({pair['sb3']['peak_rss_mb']:.0f} MB peak)")
         rows.append(pair)
     return {
         "runs": rows,
         "pglab_s": summary([r["pglab"]["startup_s"] for r in rows]),
+        "lightning_s": summary([r["lightning_s"] for r in rows]),
+        "pglab_own_s": summary([r["pglab_own_s"] for r in rows]),
         "sb3_s": summary([r["sb3"]["startup_s"] for r in rows]),
         "pglab_rss_mb": summary([r["pglab"]["peak_rss_mb"] for r in rows]),
         "sb3_rss_mb": summary([r["sb3"]["peak_rss_mb"] for r in rows]),
@@ -213,47 +267,70 @@ def markdown(res: dict) -> str:
         "| benchmark | pglab | SB3 | pglab / SB3 | target | result |",
         "|---|---|---|---|---|---|",
     ]
-    t = res.get("throughput")
-    if t:
+    for n, t in enumerate((res.get("throughput") or {}).values(), start=1):
+        if "error" in t:
+            lines.append(f"| {n}. throughput, {t['label']}, env steps/s | not run: {t['error']} | | | "
+                         f"≥ {t['target']}× | n/a |")
+            continue
         r = t["ratio"]
-        lines.append(f"| 1. throughput, PPO CartPole-v1 CleanRL config, env steps/s ({t['steps']:,} steps) | "
-                     f"{fmt(t['pglab_sps'])} | {fmt(t['sb3_sps'])} | {fmt(r, 2, '×')} | ≥ 2.5× | "
-                     f"{verdict(r['median'] >= TARGETS['throughput'])} |")
-        if t["pglab_defaults_sps"]["values"]:
-            d = t["pglab_defaults_sps"]
-            lines.append(f"| … pglab as shipped (periodic greedy eval + checkpoints on), env steps/s | {fmt(d)} | "
-                         f"{fmt(t['sb3_sps'])} | {_ratio(d['median'] / t['sb3_sps']['median'])} | | |")
-        lines.append(f"| … share of training time spent collecting | {fmt(t['pglab_collect_share'], 2)} | "
-                     f"{fmt(t['sb3_collect_share'], 2)} | | | |")
+        lines.append(f"| {n}. throughput, {t['label']}, env steps/s ({t['steps']:,} steps) | {fmt(t['pglab_sps'])} | "
+                     f"{fmt(t['sb3_sps'])} | {fmt(r, 2, '×')} | ≥ {t['target']}× | "
+                     f"{verdict(r['median'] >= t['target'])} |")
+        lines.append(f"| … share of training time collecting / updating | {fmt(t['pglab_collect_share'], 2)} / "
+                     f"{fmt(t['pglab_update_share'], 2)} | {fmt(t['sb3_collect_share'], 2)} / – | | | |")
+    d = res.get("shipped")
+    cartpole = (res.get("throughput") or {}).get("cartpole_cleanrl", {})
+    if d and "sb3_sps" in cartpole:
+        lines.append(f"| … CartPole, pglab as shipped (periodic greedy eval + checkpoints on), env steps/s | "
+                     f"{fmt(d['pglab_sps'])} | {fmt(cartpole['sb3_sps'])} | "
+                     f"{_ratio(d['pglab_sps']['median'] / cartpole['sb3_sps']['median'])} | | |")
     s = res.get("solve")
     if s:
-        time_ok = s["time_ratio"] <= TARGETS["solve_time"]
-        steps_ok = s["steps_ratio"] <= TARGETS["solve_steps"] and s["pglab_unsolved"] <= s["sb3_unsolved"]
-        lines.append(f"| 2. time to solve (launch → mean of last 20 returns ≥ 475), s | {fmt(s['pglab_wall_s'], 1)} | "
-                     f"{fmt(s['sb3_wall_s'], 1)} | {_ratio(s['time_ratio'])} | ≤ 0.5× | {verdict(time_ok)} |")
-        lines.append(f"| … env steps to solve | {fmt(s['pglab_steps'])} | {fmt(s['sb3_steps'])} | "
-                     f"{_ratio(s['steps_ratio'])} | ≤ 1× (no worse) | {verdict(steps_ok)} |")
+        time_ok = s["pglab_fast_time_ratio"] <= TARGETS["solve_time"]
+        lines.append(f"| time to solve CartPole-v1 (launch → mean of last 20 returns ≥ 475), s: pglab "
+                     f"`experiment=cartpole_fast` | {fmt(s['pglab_fast_wall_s'], 1)} | {fmt(s['sb3_wall_s'], 1)} | "
+                     f"{_ratio(s['pglab_fast_time_ratio'])} | ≤ 0.5× | {verdict(time_ok)} |")
+        lines.append(f"| … pglab `algo=ppo` (rl-zoo3's settings) | {fmt(s['pglab_wall_s'], 1)} | "
+                     f"{fmt(s['sb3_wall_s'], 1)} | {_ratio(s['pglab_time_ratio'])} | | |")
+        for lib, name in (("pglab_fast", "cartpole_fast"), ("pglab", "algo=ppo")):
+            ok = s[f"{lib}_steps_ratio"] <= TARGETS["solve_steps"] and s[f"{lib}_unsolved"] <= s["sb3_unsolved"]
+            target = "≤ 1× (no worse)" if lib == "pglab_fast" else ""
+            lines.append(f"| … env steps to solve, pglab {name} | {fmt(s[f'{lib}_steps'])} | {fmt(s['sb3_steps'])} | "
+                         f"{_ratio(s[f'{lib}_steps_ratio'])} | {target} | "
+                         f"{verdict(ok) if lib == 'pglab_fast' else ''} |")
         n = len(s["seeds"])
-        lines.append(f"| … unsolved within {s['cap']:,} steps | {s['pglab_unsolved']}/{n} | {s['sb3_unsolved']}/{n} | "
-                     "| | |")
+        lines.append(f"| … unsolved within {s['cap']:,} steps (cartpole_fast, ppo / SB3) | "
+                     f"{s['pglab_fast_unsolved']}/{n}, {s['pglab_unsolved']}/{n} | {s['sb3_unsolved']}/{n} | | | |")
+    u = res.get("updates")
+    if u:
+        for case, v in u.items():
+            lean, before, fused = v["lean"], v["unfused autograd"], v["fused autograd"]
+            ok = lean["cheaper_than_unfused"] >= TARGETS["update_speedup"]
+            lines.append(f"| per-update µs, {case}, 128-row minibatch: lean (before this wave: unfused autograd) | "
+                         f"{lean['us']:.0f} ({lean['min']:.0f}–{lean['max']:.0f}); before {before['us']:.0f}; fused "
+                         f"autograd {fused['us']:.0f} | | {lean['cheaper_than_unfused']:.2f}× cheaper | ≥ 3× cheaper "
+                         f"| {verdict(ok)} |")
+            lines.append(f"| … operator calls per update (profiler events) | {lean['operator_calls']:.0f}; before "
+                         f"{before['operator_calls']:.0f}; fused autograd {fused['operator_calls']:.0f} | | | | |")
     c = res.get("collection")
     if c:
-        lines.append(f"| 3. collection only (act + env step), ppo preset, env steps/s | {fmt(c['collect_sps'])} | "
+        lines.append(f"| collection only (act + env step), ppo preset, env steps/s | {fmt(c['collect_sps'])} | "
                      "| | | |")
-        lines.append(f"| … full training, ppo preset, env steps/s | {fmt(c['train_sps'])} | | | | |")
-        lines.append(f"| … full training / collection only | {fmt(c['ratio'], 2)} | | | ≥ 0.50 | "
-                     f"{verdict(c['ratio']['median'] >= TARGETS['train_vs_collect'])} |")
-    u = res.get("startup")
-    if u:
-        lines.append(f"| 4. start-up: launch → first env step, s | {fmt(u['pglab_s'], 2)} | {fmt(u['sb3_s'], 2)} | "
-                     f"{_ratio(u['pglab_s']['median'] / u['sb3_s']['median'])} | ≤ 4 s | "
-                     f"{verdict(u['pglab_s']['median'] <= TARGETS['startup_s'])} |")
-        lines.append(f"| … peak RSS, start-up run ({STARTUP_ARGS[-1]}), MB | {fmt(u['pglab_rss_mb'])} | "
-                     f"{fmt(u['sb3_rss_mb'])} | {_ratio(u['pglab_rss_mb']['median'] / u['sb3_rss_mb']['median'])} "
+        lines.append(f"| … full training, ppo preset, env steps/s (/ collection only) | {fmt(c['train_sps'])} "
+                     f"({fmt(c['ratio'], 2)}) | | | | |")
+        lines.append(f"| … Lightning's per-rollout cost beyond collection and updates, ms | {fmt(c['overhead_ms'], 1)} "
+                     "| | | | |")
+    st = res.get("startup")
+    if st:
+        own_ok = st["pglab_own_s"]["median"] <= TARGETS["startup_own_s"]
+        lines.append(f"| start-up beyond `import lightning` (launch → first env step, minus the import), s | "
+                     f"{fmt(st['pglab_own_s'], 2)} | | | ≤ 0.5 s | {verdict(own_ok)} |")
+        lines.append(f"| … launch → first env step, s (`import lightning` alone) | {fmt(st['pglab_s'], 2)} "
+                     f"({fmt(st['lightning_s'], 2)}) | {fmt(st['sb3_s'], 2)} | "
+                     f"{_ratio(st['pglab_s']['median'] / st['sb3_s']['median'])} | | |")
+        lines.append(f"| … peak RSS, start-up run ({STARTUP_ARGS[-1]}), MB | {fmt(st['pglab_rss_mb'])} | "
+                     f"{fmt(st['sb3_rss_mb'])} | {_ratio(st['pglab_rss_mb']['median'] / st['sb3_rss_mb']['median'])} "
                      "| | |")
-    if t:
-        lines.append(f"| … peak RSS, throughput run, MB | {fmt(t['pglab_rss_mb'])} | {fmt(t['sb3_rss_mb'])} | "
-                     f"{_ratio(t['pglab_rss_mb']['median'] / t['sb3_rss_mb']['median'])} | | |")
     lines += ["", "## What ran", ""] + [f"- {line}" for line in how_it_ran(res)]
     return "\n".join(lines) + "\n"
 
@@ -265,29 +342,41 @@ def _ratio(x: float) -> str:
 def how_it_ran(res: dict) -> list[str]:
     out = []
     t, s, c, u = (res.get(k) for k in ("throughput", "solve", "collection", "startup"))
-    if t:
-        out.append(f"throughput ({len(t['runs'])} pairs, {t['steps']:,} env steps each; SPS = real transitions / "
-                   f"time in `trainer.fit` or `model.learn`): pglab `{' '.join(PGLAB_THROUGHPUT)} "
-                   f"total_env_steps={t['steps']}` (the 'as shipped' row drops the last two "
-                   f"overrides); SB3 `PPO('MlpPolicy', make_vec_env('CartPole-v1', 4), "
-                   f"{_kw(SB3_CLEANRL)})`.")
+    for case, tc in (t or {}).items():
+        if "runs" not in tc:
+            continue
+        env_id, normalize, hparams = SB3_CASES[case]
+        out.append(f"throughput {case} ({len(tc['runs'])} pairs, {tc['steps']:,} env steps each; SPS = real "
+                   f"transitions / time in `trainer.fit` or `model.learn`): pglab `{' '.join(CASES[case][1])} "
+                   f"total_env_steps={tc['steps']}`; SB3 `PPO('MlpPolicy', "
+                   f"{'VecNormalize(' if normalize else ''}make_vec_env({env_id!r}, {hparams['n_envs']})"
+                   f"{', ' + _kw(normalize) + ')' if normalize else ''}, {_kw(hparams)})`.")
+    if res.get("shipped"):
+        out.append(f"as shipped: pglab `{' '.join(PGLAB_CLEANRL)}` (periodic greedy eval and checkpoints on).")
     if s:
-        out.append(f"time to solve (seeds {s['seeds']}, cap {s['cap']:,} env steps = both configs' tuned budget, "
-                   "so the lr schedules are the tuned ones; the running mean is checked once per 256-step rollout "
-                   f"in both): pglab `{' '.join(PGLAB_PPO)}` with SolveTracker(threshold=475, stop_when_solved=True); "
-                   f"SB3 PPO with rl-zoo3's CartPole-v1 hyperparameters `{_kw(SB3_ZOO)}` (lin_x = x · "
-                   "progress_remaining) and a callback on Monitor's episode returns. Wall-clock counts from the "
-                   "subprocess launch: interpreter start-up and imports included.")
+        out.append(f"time to solve (seeds {s['seeds']}, cap {s['cap']:,} env steps; the running mean is checked once "
+                   f"per rollout in all three): pglab `{' '.join(PGLAB_FAST)}` and `{' '.join(PGLAB_PPO)}` with "
+                   f"SolveTracker(threshold=475, stop_when_solved=True); SB3 PPO with rl-zoo3's CartPole-v1 "
+                   f"hyperparameters `{_kw(SB3_ZOO)}` (lin_x = x · progress_remaining) and a callback on Monitor's "
+                   "episode returns. Wall-clock counts from the subprocess launch: interpreter start-up and imports "
+                   "included.")
+    if res.get("updates"):
+        out.append("per-update µs: `benchmarks/update_cost.py` in a fresh process (interleaved rounds, thread CPU "
+                   "time, 1 thread): one PPO-clip update of a 128-row minibatch through 64-64 tanh separate trunks "
+                   "with CleanRL's coefficients; 'before' is the unfused autograd update (two nn.Sequential trunks, "
+                   "clip_grad_norm_, Adam.step) that this wave started from.")
     if c:
         out.append(f"collection ({len(c['runs'])} repeats): pglab `{' '.join(PGLAB_PPO)}` (8 envs × 32 steps); "
                    f"`SegmentCollector(envs, 32, …).collect(*module.rollout_policy())` under torch.inference_mode "
                    f"for {c['collect_steps']:,} env steps after 3 warm-up calls, vs `trainer.fit` of the same preset "
-                   f"for {c['train_steps']:,} env steps.")
+                   f"for {c['train_steps']:,} env steps; Lightning's per-rollout cost = (fit − DataModule rollouts − "
+                   "training steps) / rollouts.")
     if u:
-        out.append(f"start-up ({len(u['runs'])} pairs): `python benchmarks/first_step.py {' '.join(STARTUP_ARGS)}` "
-                   "(= `python -m pglab.train …` with CartPole's step wrapped to timestamp its first call) and "
-                   "`python benchmarks/first_step.py --sb3` (SB3 PPO, rl-zoo3 settings, learn(256)); time from "
-                   "the parent's launch to the first CartPole step. Peak RSS is each child's ru_maxrss (wait4).")
+        out.append(f"start-up ({len(u['runs'])} repeats): `python benchmarks/first_step.py {' '.join(STARTUP_ARGS)}` "
+                   "(= `python -m pglab.train …` with CartPole's step wrapped to timestamp its first call), "
+                   "`python benchmarks/first_step.py --sb3` (SB3 PPO, rl-zoo3 settings, learn(256)) and "
+                   "`python -c 'import lightning'` (timestamped after the import); times from the parent's launch. "
+                   "Peak RSS is each child's ru_maxrss (wait4).")
     return out
 
 

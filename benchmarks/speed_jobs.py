@@ -6,8 +6,11 @@ Both libraries train with ``torch.set_num_threads(1)`` (pglab through its ``torc
 
 Jobs:
   pglab_train / sb3_train   full PPO training for ``steps`` env steps; times ``trainer.fit`` / ``model.learn``
+                            (``case``: SB3_CASES; pglab gets the matching overrides from the parent)
   pglab_collect             pglab's SegmentCollector alone (policy act + env step), no training
   pglab_solve / sb3_solve   train until the running mean of the last 20 episode returns ≥ 475 (or the cap)
+  update_cost               benchmarks/update_cost.py's µs per update and operator counts
+  import_lightning          the time ``import lightning`` takes
 """
 
 from __future__ import annotations
@@ -27,6 +30,27 @@ PGLAB_CLEANRL = ["algo=ppo", "env.num_envs=4", "collector.num_steps=128", "learn
 SB3_CLEANRL = dict(n_envs=4, n_steps=128, batch_size=128, n_epochs=4, learning_rate=2.5e-4, gamma=0.99,
                    gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5)
 PGLAB_QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+# The throughput cases: the same hyperparameters in both libraries (SB3's PPO defaults — clip 0.2, vf 0.5, max
+# grad norm 0.5, 64-64 tanh separate trunks, log-std 0 — are pglab's too).
+# rl-zoo3 hyperparams/ppo.yml, Pendulum-v1: 4 envs × 1024 steps, 64-row minibatches (640 updates per rollout),
+# VecNormalize(gamma=0.9), constant lr. rl-zoo3 also sets use_sde=True; pglab has no gSDE, so SB3 runs without it.
+PGLAB_PENDULUM = ["experiment=pendulum_ppo", "learner.anneal_lr=false"]
+SB3_PENDULUM = dict(n_envs=4, n_steps=1024, batch_size=64, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0,
+                    learning_rate=1e-3, clip_range=0.2)
+# CleanRL ppo_continuous_action.py defaults: 1 env × 2048 steps, 32 minibatches of 64 (320 updates per rollout),
+# lr 3e-4 annealed, normalised observations and rewards clipped at ±10
+PGLAB_HALFCHEETAH = ["algo=ppo", "env.id=HalfCheetah-v5", "env.num_envs=1", "collector.num_steps=2048",
+                     "learner.num_minibatches=32", "learner.epochs=10", "learner.lr=3e-4", "gamma=0.99", "lam=0.95",
+                     "learner.ent_coef=0.0", "env.normalize_obs=true", "env.normalize_reward=true"]
+SB3_HALFCHEETAH = dict(n_envs=1, n_steps=2048, batch_size=64, n_epochs=10, learning_rate="lin_3e-4", gamma=0.99,
+                       gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
+SB3_CASES = {  # case → (env id, VecNormalize kwargs or None, PPO hyperparameters)
+    "cartpole_cleanrl": ("CartPole-v1", None, SB3_CLEANRL),
+    "pendulum_zoo": ("Pendulum-v1", {"gamma": 0.9}, SB3_PENDULUM),
+    "halfcheetah_cleanrl": ("HalfCheetah-v5", {"gamma": 0.99, "clip_obs": 10.0, "clip_reward": 10.0},
+                            SB3_HALFCHEETAH),
+}
 # SB3 runs here evaluate nothing and save nothing; pglab's periodic greedy evaluation and checkpoints are switched
 # off to match (``++``: harmless if a config lacks the key). The throughput benchmark also runs pglab as shipped.
 PGLAB_BARE = ["++eval.enabled=false", "++checkpoint.enabled=false"]
@@ -75,12 +99,23 @@ def pglab_train(p: dict) -> None:
     overrides = list(p["overrides"]) + [f"seed={p.get('seed', 0)}", f"total_env_steps={p['steps']}"]
     r = _pglab_run(overrides)
     collect_s = _time_dataloader(r.datamodule)
+    step_s: list[float] = []  # the module's training steps (a rollout's updates)
+    original_step = r.module.training_step
+
+    def timed_step(*args, **kwargs):
+        t = time.perf_counter()
+        out = original_step(*args, **kwargs)
+        step_s.append(time.perf_counter() - t)
+        return out
+
+    r.module.training_step = timed_step
     start = time.perf_counter()
     r.trainer.fit(r.module, datamodule=r.datamodule)
     fit_s = time.perf_counter() - start
     steps = int(r.module.env_steps)
     _result(lib="pglab", env_steps=steps, train_s=fit_s, sps=steps / fit_s, collect_s=sum(collect_s),
-            iterations=len(collect_s))
+            update_s=sum(step_s), iterations=len(collect_s), updates=r.module.updates,
+            update_path=r.module.update_path)
 
 
 def pglab_collect(p: dict) -> None:
@@ -136,15 +171,18 @@ def _linear(initial: float):
     return schedule
 
 
-def _sb3_model(hparams: dict, seed: int):
+def _sb3_model(hparams: dict, seed: int, env_id: str = "CartPole-v1", normalize: dict | None = None):
     import torch
 
     torch.set_num_threads(1)
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     hp = dict(hparams)
-    env = make_vec_env("CartPole-v1", n_envs=hp.pop("n_envs"), seed=seed)
+    env = make_vec_env(env_id, n_envs=hp.pop("n_envs"), seed=seed)
+    if normalize is not None:
+        env = VecNormalize(env, **normalize)
     for key in ("learning_rate", "clip_range"):
         if isinstance(hp.get(key), str) and hp[key].startswith("lin_"):
             hp[key] = _linear(float(hp[key][4:]))
@@ -152,7 +190,8 @@ def _sb3_model(hparams: dict, seed: int):
 
 
 def sb3_train(p: dict) -> None:
-    model = _sb3_model(SB3_CLEANRL, p.get("seed", 0))
+    env_id, normalize, hparams = SB3_CASES[p.get("case", "cartpole_cleanrl")]
+    model = _sb3_model(hparams, p.get("seed", 0), env_id, normalize)
     spent: list[float] = []
     original = model.collect_rollouts
 
@@ -207,7 +246,27 @@ def sb3_solve(p: dict) -> None:
             env_steps=int(model.num_timesteps), end_time=time.time())
 
 
-JOBS = {f.__name__: f for f in (pglab_train, pglab_collect, pglab_solve, sb3_train, sb3_solve)}
+def update_cost(p: dict) -> None:
+    """benchmarks/update_cost.py's figures (µs per update, unfused / fused autograd / lean)."""
+    import contextlib
+    import io
+
+    import update_cost as uc
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its own report; the parent prints the summary
+        figures = uc.measure(p.get("reps", 11), p.get("updates", 50))
+    _result(figures=figures)
+
+
+def import_lightning(p: dict) -> None:
+    """How long ``import lightning`` takes in a fresh interpreter (the parent subtracts its launch time)."""
+    import lightning  # noqa: F401
+
+    _result(imported_time=time.time())
+
+
+JOBS = {f.__name__: f for f in (pglab_train, pglab_collect, pglab_solve, sb3_train, sb3_solve, update_cost,
+                                import_lightning)}
 
 if __name__ == "__main__":
     JOBS[sys.argv[1]](json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})

@@ -55,7 +55,7 @@ def test_budget_stops_training(make_cfg):
     assert 100 <= int(r.module.env_steps) < 100 + 32
 
 
-@pytest.mark.parametrize("experiment", ["pendulum_ppo", "cartpole_ppo_cleanrl"])
+@pytest.mark.parametrize("experiment", ["pendulum_ppo", "cartpole_ppo_cleanrl", "cartpole_fast"])
 def test_experiment_presets_compose_and_run_an_epoch(make_cfg, experiment):
     cfg = make_cfg(f"experiment={experiment}")
     r = build(cfg)

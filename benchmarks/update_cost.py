@@ -209,8 +209,8 @@ class LeanLearner:
         self.calls += 1
         loss, diagnostics = self.lean(batch, self.prepared)
         self.stats.append(diagnostics)
-        norm = clip_flat_(self.lean.flat_grad, LEARNER["max_grad_norm"])
-        if math.isfinite(float(loss)) and math.isfinite(norm):  # training_step's finite check
+        loss_value, norm = clip_flat_(self.lean.flat_grad, LEARNER["max_grad_norm"], loss)
+        if math.isfinite(loss_value) and math.isfinite(norm):  # training_step's finite check
             fused_adam_step(self.optimizer)
         if len(self.stats) == 16:
             self.lean.stats(self.stats)  # the epoch's diagnostics, as on_train_epoch_end averages them

@@ -345,8 +345,8 @@ class PolicyGradientModule(L.LightningModule):
             all_reduce_mean_([lean.flat_grad])
         if first:
             self._record_group_norms()
-        grad_norm = clip_flat_(lean.flat_grad, self.hparams.max_grad_norm)
-        if self._update_is_finite(float(loss), grad_norm):
+        loss_value, grad_norm = clip_flat_(lean.flat_grad, self.hparams.max_grad_norm, loss)
+        if self._update_is_finite(loss_value, grad_norm):
             fused_adam_step(torch_optimizer)
         step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         step_progress.increment_ready()

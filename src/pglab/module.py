@@ -61,7 +61,7 @@ class PolicyGradientModule(L.LightningModule):
         lightning_optimizer: route updates through Lightning's optimizer wrappers even on one process at 32-bit
             (they are used anyway under several processes or mixed precision, where they are needed).
         gradients: how a minibatch's gradient is computed. ``lean``: hand-derived gradients without autograd
-            (``pglab.lean``; 3-4x cheaper per update, for the MLP ActorCritic with the clip, importance or reinforce
+            (``pglab.lean``; ~3x cheaper per update, for the MLP ActorCritic with the clip, importance or reinforce
             surrogate); ``autograd``: autograd through the modular loss (every component); ``auto``: lean where it
             applies, else autograd. Both give the same loss and gradient up to float rounding.
     """
@@ -100,7 +100,7 @@ class PolicyGradientModule(L.LightningModule):
         self._group_norm: dict[str, Tensor] = {}
         self._compiled_loss = None  # learner.compile: torch.compile(loss_and_stats), built at the first update
         self._lean: LeanUpdate | None = None  # built at fit start when the lean update applies
-        self._lean_stats: list[Tensor] = []  # one diagnostics vector per lean update (keys: self._lean.keys)
+        self._lean_stats: list[tuple[Tensor, Tensor]] = []  # each lean update's diagnostics (see LeanUpdate.stats)
         self.update_path = "autograd"
         self.skipped_rollouts = 0  # rollouts without a single real transition (nothing to learn from)
         # linear LR annealing runs from (env step t0, lr fraction f0) to (total_env_steps, 0); a resumed run with
@@ -234,7 +234,7 @@ class PolicyGradientModule(L.LightningModule):
         return max(0.0, f0 * (total - steps) / (total - t0))
 
     def on_fit_start(self) -> None:
-        """Choose the update (``learner.update``): the lean one where it applies, once the strategy is known."""
+        """Choose the update (``learner.gradients``): the lean one where it applies, once the strategy is known."""
         reason = self._lean_unsupported
         if reason is None and self._through_lightning:
             reason = "updates through Lightning's optimizer wrappers (mixed precision, trainer.strategy=ddp or " \

@@ -32,7 +32,7 @@ test: install  ## run the test suite (unit + integration) on TEST_WORKERS proces
 lint: install  ## ruff
 	$(BIN)/ruff check src tests benchmarks
 
-bench: install  ## speed + learning benchmarks (writes benchmarks/results/)
+bench: install  ## pglab vs SB3 speed benchmarks, ≈ 9 min (writes benchmarks/results/speed.*; ARGS=--learning adds learning.py)
 	$(BIN)/pip install -q -e ".[$(EXTRAS),bench]"
 	$(BIN)/python benchmarks/run_all.py $(ARGS)
 

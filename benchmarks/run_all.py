@@ -3,7 +3,7 @@
 Runs start-up, per-update cost, throughput (CartPole / Pendulum / HalfCheetah), pglab as shipped, collection and
 per-rollout overhead, and time to solve (see ``benchmarks/speed.py``), prints every figure and writes
 ``benchmarks/results/speed.json`` and ``speed.md``. Needs the ``bench`` extra (stable-baselines3, psutil, MuJoCo).
-About 10–13 min on a 2-core CPU; ``--quick`` is a 2–3 min smoke run.
+About 8–10 min on a 2-core CPU; ``--quick`` is a 2–3 min smoke run.
 
     python benchmarks/run_all.py [--quick] [--only startup updates throughput shipped collection solve]
         [--cases cartpole_cleanrl pendulum_zoo halfcheetah_cleanrl] [--repeats 3] [--seeds 0 1 2]

@@ -39,3 +39,16 @@ def test_ddp_on_two_gpus(make_cfg):
     proc = subprocess.run([sys.executable, "-m", "pglab.train", "trainer=ddp", "trainer.accelerator=gpu",
                            "trainer.devices=2", "logger=csv", *FAST], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_lean_update_on_gpu_agrees_with_autograd(make_cfg, tmp_path):
+    """The default (lean) update on CUDA against autograd on CUDA, same seed: the same run up to rounding."""
+    runs = {}
+    for gradients in ("lean", "autograd"):
+        r = build(make_cfg("trainer=gpu", f"learner.gradients={gradients}", *FAST, output_dir=tmp_path / gradients))
+        r.trainer.fit(r.module, datamodule=r.datamodule)
+        assert r.module.update_path == gradients
+        runs[gradients] = r.module
+    for p, q in zip(runs["lean"].policy.parameters(), runs["autograd"].policy.parameters(), strict=True):
+        assert p.device.type == "cuda"
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)

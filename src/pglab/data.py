@@ -275,6 +275,14 @@ class OnPolicyDataModule(L.LightningDataModule):
             self.collector = None
 
     # -- one rollout per epoch -----------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: list[Batch], device: torch.device, dataloader_idx: int) -> list[Batch]:
+        """A step's minibatches onto the module's device. Lightning's default walks every field of every Batch
+        through ``apply_to_collection`` (~1 ms per rollout of 20 minibatches); on the CPU nothing moves at all."""
+        if device.type == "cpu":
+            return batch
+        return [Batch(**{f.name: (v.to(device, non_blocking=True) if isinstance(v := getattr(b, f.name), Tensor)
+                                  else v) for f in dataclasses.fields(b)}) for b in batch]
+
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module
         if self.trainer.fit_loop.done:

@@ -97,65 +97,6 @@ class Learner:
         self.optimizer.step()
         self.module._epoch_stats.clear()  # per-epoch diagnostics: emptied here so they do not pile up
 
-    def network_step(self, batch: Batch) -> None:
-        """The network alone: evaluate, a loss that just sums its outputs, backward."""
-        self.optimizer.zero_grad(set_to_none=True)
-        out = self.module.policy.evaluate(batch.obs, batch.actions)
-        (out.logp.sum() + out.entropy.sum() + out.values.sum()).backward()
-
-    def parts(self, batch: Batch) -> dict[str, Callable[[], object]]:
-        """Each part of an update on its own, for counting its operators (gradients from the last update)."""
-        def loss_forward() -> None:
-            self.module.minibatch_loss(batch)
-            self.module._epoch_stats.clear()
-
-        return {"network forward": lambda: self.module.policy.evaluate(batch.obs, batch.actions),
-                "minibatch_loss forward": loss_forward, "network step": lambda: self.network_step(batch),
-                "clip": lambda: torch.nn.utils.clip_grad_norm_(self.params, LEARNER["max_grad_norm"], foreach=True),
-                "adam": self.optimizer.step, "update": lambda: self.update(batch)}
-
-    def phases(self, batch: Batch) -> dict[str, float]:
-        """Seconds of each part of one update (and a network-only backward, on a separate forward)."""
-        policy, t = self.module.policy, CLOCK
-        self.optimizer.zero_grad(set_to_none=True)
-        t0 = t()
-        out = policy.evaluate(batch.obs, batch.actions)
-        t1 = t()
-        # the backward of a loss that only weighs the outputs: what the network itself costs backward
-        (out.logp.sum() + out.entropy.sum() + out.values.sum()).backward()
-        t2 = t()
-        self.optimizer.zero_grad(set_to_none=True)
-        t3 = t()
-        loss = self.module.minibatch_loss(batch)
-        t4 = t()
-        loss.backward()
-        t5 = t()
-        torch.nn.utils.clip_grad_norm_(self.params, LEARNER["max_grad_norm"], foreach=True)
-        t6 = t()
-        self.optimizer.step()
-        t7 = t()
-        self.module._epoch_stats.clear()
-        return {"network forward": t1 - t0, "loss forward": (t4 - t3) - (t1 - t0),
-                "network backward": t2 - t1, "loss backward": (t5 - t4) - (t2 - t1),
-                "clip_grad_norm_": t6 - t5, "Adam step": t7 - t6, "update": t7 - t3}
-
-
-def phase_calls(learner: Learner, batch: Batch) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """Operator calls of each phase of an update (rows as in ``Learner.phases``), and the whole update's per-op
-    (calls, median self-CPU µs)."""
-    counts, per_op = {}, {}
-    for part, fn in learner.parts(batch).items():
-        counts[part], ops = operator_calls(fn)
-        if part == "update":
-            per_op = ops
-    calls = {"network forward": counts["network forward"],
-             "loss forward": counts["minibatch_loss forward"] - counts["network forward"],
-             "network backward": counts["network step"] - counts["network forward"],
-             "clip_grad_norm_": counts["clip"], "Adam step": counts["adam"], "update": counts["update"]}
-    # the rest of the update (its backward through the loss math, and zero_grad)
-    calls["loss backward"] = calls["update"] - sum(v for k, v in calls.items() if k != "update")
-    return calls, per_op
-
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, n: int) -> dict[str, list[float]]:
     """µs per call of each fn, timed in ``reps`` rounds of ``n`` calls, the fns taking turns within a round."""

@@ -39,6 +39,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.optim import optimizer as optim_module
 
 from pglab.data import Batch
 from pglab.networks import ActorCritic, CategoricalHead
@@ -307,15 +308,12 @@ class LeanUpdate:
             grad = self.activation_backward(grad_input, layer_input)
 
 
-def clip_flat_(flat_grad: Tensor, max_norm: float | None, loss: Tensor | None = None) -> tuple[float, float]:
+def clip_flat_(flat_grad: Tensor, max_norm: float | None, loss: Tensor) -> tuple[float, float]:
     """(loss, the gradient's global norm before clipping) as floats, in one host sync (the caller's finite check
     needs both anyway); scales the gradient to ``max_norm`` when larger, as ``torch.nn.utils.clip_grad_norm_``
     (coefficient max_norm / (norm + 1e-6), capped at 1). A non-finite norm leaves the gradient as it is."""
     norm = torch.linalg.vector_norm(flat_grad)
-    if loss is None:
-        loss_value, norm_value = math.nan, float(norm)
-    else:
-        loss_value, norm_value = torch.stack([loss.detach().to(norm.dtype), norm]).tolist()
+    loss_value, norm_value = torch.stack([loss.detach().to(norm.dtype), norm]).tolist()
     if max_norm is not None and max_norm < norm_value < math.inf:
         flat_grad.mul_(max_norm / (norm_value + 1e-6))
     return loss_value, norm_value
@@ -347,8 +345,6 @@ def fused_adam_step(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _direct_adam_applies(optimizer: torch.optim.Optimizer) -> bool:
-    from torch.optim import optimizer as optim_module
-
     if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]

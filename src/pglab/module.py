@@ -280,10 +280,11 @@ class PolicyGradientModule(L.LightningModule):
                 break
             if self._finite_snapshot is None:
                 self._finite_snapshot = [p.detach().clone() for p in params]
-            if self._lean is not None:
+            if self._lean is not None:  # never through Lightning's wrappers (see on_fit_start)
                 if prepared is None:
                     prepared = self._lean.prepare(minibatches)
                 self._lean_update(batch, prepared[i], optimizer.optimizer, first)
+                self._count_direct_step()
                 continue
             loss = self.minibatch_loss(batch)
             if through_lightning:
@@ -316,12 +317,18 @@ class PolicyGradientModule(L.LightningModule):
                 grad_norm = self._grad_norm(params, max_norm)
                 if self._update_is_finite(float(loss.detach()), float(grad_norm)):
                     torch_optimizer.step()
-                # keep trainer.global_step counting updates: checkpointing and max_steps rely on it
-                step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-                step_progress.increment_ready()
-                step_progress.increment_completed()
+                self._count_direct_step()
+                continue
             self.updates += 1
         self._check_parameters(params)
+
+    def _count_direct_step(self) -> None:
+        """An update that bypassed Lightning's optimizer wrapper: keep trainer.global_step counting updates
+        (checkpointing and max_steps rely on it) and count it."""
+        step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        step_progress.increment_ready()
+        step_progress.increment_completed()
+        self.updates += 1
 
     def _lean_update(self, batch: Batch, prepared: tuple, torch_optimizer: torch.optim.Optimizer,
                      first: bool) -> None:
@@ -339,10 +346,6 @@ class PolicyGradientModule(L.LightningModule):
         loss_value, grad_norm = clip_flat_(lean.flat_grad, self.hparams.max_grad_norm, loss)
         if self._update_is_finite(loss_value, grad_norm):
             fused_adam_step(torch_optimizer)
-        step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        step_progress.increment_ready()
-        step_progress.increment_completed()
-        self.updates += 1
 
     @property
     def _through_lightning(self) -> bool:

@@ -138,7 +138,7 @@ def test_flat_gradient_is_every_parameters_grad():
     for copy, p in zip(copies, policy.parameters(), strict=True):
         copy.grad = p.grad.clone()
     torch.nn.utils.clip_grad_norm_(copies, 0.01)
-    _, norm = clip_flat_(lean.flat_grad, 0.01)
+    _, norm = clip_flat_(lean.flat_grad, 0.01, torch.zeros(()))
     assert norm == pytest.approx(float(reference), rel=1e-6)
     torch.testing.assert_close(torch.cat([c.grad.flatten() for c in copies]), lean.flat_grad)
     assert float(lean.flat_grad.norm()) == pytest.approx(0.01, rel=1e-4)

@@ -24,7 +24,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed  ## create .venv with torch (CPU wheel unless TORCH_SPEC/TORCH_INDEX say otherwise) and pglab
 
 train: install  ## train the default PPO on CartPole-v1 (extra Hydra overrides: make train ARGS="seed=1")
-	$(BIN)/python -m pglab.train $(ARGS)
+	$(BIN)/python -m pglab.run.train $(ARGS)
 
 test: install  ## run the test suite (unit + integration) on TEST_WORKERS processes (pytest-xdist; auto = one per core)
 	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)

@@ -26,7 +26,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def run(devices: int, seed: int, steps: int, workdir: Path) -> dict:
     out = workdir / f"d{devices}-s{seed}"
     trainer = ["trainer=ddp", f"trainer.devices={devices}"] if devices > 1 else []
-    args = [sys.executable, "-m", "pglab.train", *trainer, f"seed={seed}", f"total_env_steps={steps}", "logger=csv",
+    args = [sys.executable, "-m", "pglab.run.train", *trainer, f"seed={seed}", f"total_env_steps={steps}", "logger=csv",
             "eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={out}"]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -46,7 +46,7 @@ def concurrent_pair(steps: int, workdir: Path) -> float:
     """Summed env steps/s of two independent one-process runs started together (seeds 100, 101)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     outs = [workdir / f"pair{i}" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "pglab.train", f"seed={100 + i}", f"total_env_steps={steps}",
+    procs = [subprocess.Popen([sys.executable, "-m", "pglab.run.train", f"seed={100 + i}", f"total_env_steps={steps}",
                                "logger=csv", "eval.enabled=false", "checkpoint.enabled=false",
                                "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, out in enumerate(outs)]

@@ -1,6 +1,6 @@
 """Collection speed of the vector-env back-ends: env steps per second with random actions.
 
-EnvPool vs gymnasium's native / sync / async vector envs, all built through ``pglab.envs.make_vector_env`` (so
+EnvPool vs gymnasium's native / sync / async vector envs, all built through ``pglab.envs.make.make_vector_env`` (so
 each includes pglab's RecordEpisodeStatistics wrapper), for CartPole-v1 × 64, a MuJoCo env × 16 (if
 gymnasium[mujoco] is installed) and, with ``--atari``, Breakout with the env=atari preset × 8 (if ale-py is).
 Random actions are sampled once per step for the whole batch; no policy runs. Results: benchmarks/results/envpool.md.
@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from pglab.envs import EnvConfig, make_vector_env
+from pglab.envs.make import EnvConfig, make_vector_env
 
 warnings.filterwarnings("ignore")
 
@@ -71,7 +71,7 @@ def main() -> None:
         if _has("ale_py") and _has("cv2"):
             from omegaconf import OmegaConf
 
-            atari = OmegaConf.to_container(OmegaConf.load("conf/env/atari.yaml"))
+            atari = OmegaConf.to_container(OmegaConf.load("src/pglab/conf/env/atari.yaml"))
             atari.pop("reward_gamma")
             suites.append(("Breakout (env=atari preset)", EnvConfig(**{**atari, "num_envs": 8}),
                            ["envpool", "sync", "async"], max(args.steps // 8, 50)))

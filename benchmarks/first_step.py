@@ -1,6 +1,6 @@
 """Start-up probe: runs a training command and prints the wall-clock time of its first environment step.
 
-    python benchmarks/first_step.py [hydra overrides]   # == python -m pglab.train [overrides]
+    python benchmarks/first_step.py [hydra overrides]   # == python -m pglab.run.train [overrides]
     python benchmarks/first_step.py --sb3               # SB3 PPO, rl-zoo3 CartPole-v1 settings, 256 steps
 
 CartPole's own ``step`` (the single env that SB3's DummyVecEnv steps and the native vector env pglab uses) is
@@ -51,6 +51,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--sb3"]:
         _sb3()
     else:
-        from pglab.train import main
+        from pglab.run.train import main
 
         main()

@@ -19,7 +19,7 @@ import torch
 
 def train(tmp: Path, name: str, *overrides: str) -> float:
     out = tmp / name
-    args = [sys.executable, "-m", "pglab.train", "logger=csv", "eval.enabled=false", "checkpoint.enabled=false",
+    args = [sys.executable, "-m", "pglab.run.train", "logger=csv", "eval.enabled=false", "checkpoint.enabled=false",
             "trainer.enable_progress_bar=false", f"hydra.run.dir={out}", *overrides]
     start = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})

@@ -20,9 +20,9 @@ that names an ``algo`` preset and changes one thing:
 
 Every job gets the same ``total_env_steps``, CSV logging, no periodic evaluation, and checkpoint snapshots. Then:
 
-1. curves and a final-score table with ``pglab.plot`` (IQM over seeds of ``rollout/return_mean20`` with 95%
+1. curves and a final-score table with ``pglab.tools.plot`` (IQM over seeds of ``rollout/return_mean20`` with 95%
    stratified-bootstrap CIs; final score = the metric's mean over the last 10% of a run's logged points),
-2. ``pglab.probe`` on the PPO-clip run of seed 0 per env (early / middle / late snapshots): gradient variance
+2. ``pglab.tools.probe`` on the PPO-clip run of seed 0 per env (early / middle / late snapshots): gradient variance
    vs k and vs λ with the policy frozen,
 3. ``docs/ladder.md`` with the table, the figures (``docs/ladder/*.png``, ``docs/ladder/probe-<env>/``) and
    sentences generated from the numbers (which rung beats which, and which differences the CIs cannot separate).
@@ -104,10 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"a subset of rungs by name or number (default: all): {' '.join(r.name for r in RUNGS)}")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)),
                    help="parallel jobs of the joblib launcher (default: cpu count)")
-    p.add_argument("--probe-batches", type=int, default=32, help="pglab.probe batches M (default %(default)s)")
-    p.add_argument("--probe-batch-steps", type=int, default=2048, help="pglab.probe env steps per batch")
+    p.add_argument("--probe-batches", type=int, default=32, help="pglab.tools.probe batches M (default %(default)s)")
+    p.add_argument("--probe-batch-steps", type=int, default=2048, help="pglab.tools.probe env steps per batch")
     p.add_argument("--probe-reference-steps", type=int, default=262_144,
-                   help="pglab.probe reference batch size in env steps (default %(default)s)")
+                   help="pglab.tools.probe reference batch size in env steps (default %(default)s)")
     p.add_argument("--no-probe", action="store_true", help="skip the gradient probe")
     p.add_argument("--sweep-dir", type=Path, default=None, help="the multirun folder (default multirun/ladder-<time>)")
     p.add_argument("--skip-train", action="store_true", help="aggregate an existing --sweep-dir only")
@@ -135,7 +135,7 @@ def train(args, rungs: list[Rung], sweep_dir: Path) -> float:
     for rung in rungs:
         (conf / f"ladder_{rung.name}.yaml").write_text(rung.experiment_yaml())
     every = max(1, args.steps // 256 // 4)  # ≈ 4 snapshots of a 256-step-per-epoch run (the probed PPO rung)
-    cmd = [sys.executable, "-m", "pglab.train", "-m",
+    cmd = [sys.executable, "-m", "pglab.run.train", "-m",
            "experiment=" + ",".join(f"ladder_{r.name}" for r in rungs),
            "env=" + ",".join(args.envs), "seed=" + ",".join(str(s) for s in range(args.seeds)),
            f"total_env_steps={args.steps}", "logger=csv", "eval.enabled=false", "checkpoint.snapshots=true",
@@ -153,7 +153,7 @@ def train(args, rungs: list[Rung], sweep_dir: Path) -> float:
 
 # -- aggregation -----------------------------------------------------------------------------------------------
 def load_runs(sweep_dir: Path):
-    from pglab.plot import find_runs, load_run
+    from pglab.tools.plot import find_runs, load_run
 
     runs = []
     for d in find_runs([str(sweep_dir)]):
@@ -183,7 +183,7 @@ class Row:
 
 
 def aggregate(runs, rungs: list[Rung], fig_dir: Path) -> tuple[list[Row], list[Path]]:
-    from pglab.plot import Group, aggregate_curves, final_score, plot_curves, score_table
+    from pglab.tools.plot import Group, aggregate_curves, final_score, plot_curves, score_table
 
     rows, figures = [], []
     for env_id in sorted({str(r.lookup("env.id")) for r in runs}):
@@ -212,7 +212,7 @@ def aggregate(runs, rungs: list[Rung], fig_dir: Path) -> tuple[list[Row], list[P
 
 
 def run_probe(args, runs, sweep_dir: Path, fig_dir: Path) -> dict[str, Path]:
-    """pglab.probe on the seed-0 PPO-clip run of every env; returns env id → probe output folder."""
+    """pglab.tools.probe on the seed-0 PPO-clip run of every env; returns env id → probe output folder."""
     out: dict[str, Path] = {}
     for env_id in sorted({str(r.lookup("env.id")) for r in runs}):
         candidates = [r for r in runs if str(r.lookup("env.id")) == env_id and rung_of(r) == PROBE_RUNG]
@@ -220,7 +220,7 @@ def run_probe(args, runs, sweep_dir: Path, fig_dir: Path) -> dict[str, Path]:
             continue
         run = min(candidates, key=lambda r: r.lookup("seed"))
         probe_dir = fig_dir / f"probe-{env_id.split('-')[0].lower()}"
-        cmd = [sys.executable, "-m", "pglab.probe", f"run_dir={run.path}", f"output_dir={probe_dir}",
+        cmd = [sys.executable, "-m", "pglab.tools.probe", f"run_dir={run.path}", f"output_dir={probe_dir}",
                f"batches={args.probe_batches}", f"batch_steps={args.probe_batch_steps}",
                f"reference_steps={args.probe_reference_steps}"]
         print("ladder:", shlex.join(cmd), flush=True)
@@ -331,7 +331,7 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
               "`conf/experiment/ladder_*.yaml` there are the generated rung configs).", "",
               "Score per run = mean of `rollout/return_mean20` (the mean return of the last 20 training episodes, "
               "undiscounted, raw rewards) over the last 10% of its logged points; per rung the IQM over seeds and its "
-              "95% stratified-bootstrap CI (2000 resamples), from `pglab.plot`. Every run has the same env-step "
+              "95% stratified-bootstrap CI (2000 resamples), from `pglab.tools.plot`. Every run has the same env-step "
               "budget (the episode collector may overshoot it by less than one rollout).", ""]
     for env_id in sorted({r.env for r in rows}):
         lines += [f"## {env_id}", "", "| rung | what changes | seeds | IQM | mean | 95% CI of IQM | per seed |",
@@ -345,7 +345,7 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
                 lines += [f"![{fig.stem}]({rel(fig)})", ""]
     lines += ["## What the numbers show", "", *observations(rows), ""]
     if probes:
-        lines += ["## Gradient probe (pglab.probe): variance against k and λ", "",
+        lines += ["## Gradient probe (pglab.tools.probe): variance against k and λ", "",
                   "The seed-0 PPO-clip run's snapshots (early / middle / late), the policy frozen; per configuration "
                   f"M = {args.probe_batches} independent batches of {args.probe_batch_steps} env steps, and a "
                   f"reference gradient from {args.probe_reference_steps:,} env steps of Monte-Carlo reward-to-go "

@@ -26,8 +26,8 @@ def run_one(preset: str, seed: int, budget: int) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from pglab.callbacks import SolveTracker
-    from pglab.train import CONFIG_DIR, build
+    from pglab.run.callbacks import SolveTracker
+    from pglab.run.train import CONFIG_DIR, build
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"algo={preset}", f"seed={seed}", f"total_env_steps={budget}",

@@ -35,8 +35,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import pglab.token_envs  # noqa: F401  registers pglab/Reverse-v0 (the bare id works whatever envs.py resolves)
-from pglab.train import CONFIG_DIR, build
+import pglab.envs.tokens  # noqa: F401  registers pglab/Reverse-v0 (the bare id works whatever envs.py resolves)
+from pglab.run.train import CONFIG_DIR, build
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["reverse_grpo", "reverse_gspo", "reverse_drgrpo", "reverse_ppo", "reverse_reinforce"]

@@ -2,7 +2,7 @@
 
     python benchmarks/soak.py [--steps 1000000] [--out benchmarks/results/soak.md] [hydra overrides ...]
 
-Runs ``python -m pglab.train total_env_steps=N logger=csv`` (default eval and checkpoints) in a subprocess with
+Runs ``python -m pglab.run.train total_env_steps=N logger=csv`` (default eval and checkpoints) in a subprocess with
 ``PYTHONPATH=benchmarks`` and one extra Lightning callback from the config's hook, ``+callbacks.memory._target_=
 soak.MemoryProbe``. The probe runs inside the training process: each time ``env_steps`` crosses a mark (every
 100,000 by default) it records the current RSS (``VmRSS`` in /proc/self/status), the peak RSS so far
@@ -98,7 +98,7 @@ def main() -> None:
     train_args = [f"total_env_steps={args.steps}", "logger=csv", "trainer.enable_progress_bar=false",
                   "+callbacks.memory._target_=soak.MemoryProbe", f"+callbacks.memory.path={probe_path}",
                   f"+callbacks.memory.every={args.every}", *overrides, f"hydra.run.dir={run_dir}"]
-    command = [sys.executable, "-m", "pglab.train", *train_args]
+    command = [sys.executable, "-m", "pglab.run.train", *train_args]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")) if p)}
     load_start = os.getloadavg()
@@ -126,7 +126,7 @@ def main() -> None:
     md = [
         f"# Soak: memory over {args.steps:,} env steps",
         "",
-        f"Command: `{shown}` — it runs `PYTHONPATH=benchmarks python -m pglab.train "
+        f"Command: `{shown}` — it runs `PYTHONPATH=benchmarks python -m pglab.run.train "
         f"{' '.join(shlex.quote(a) for a in train_args[:-1])} hydra.run.dir=<tmp>` "
         "(the default PPO preset on CartPole-v1, 8 envs × 32 steps per rollout, default eval every 25 epochs and "
         "checkpoints every 25 epochs, CSV logger).  ",

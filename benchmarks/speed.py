@@ -373,7 +373,7 @@ def how_it_ran(res: dict) -> list[str]:
                    "training steps) / rollouts.")
     if u:
         out.append(f"start-up ({len(u['runs'])} repeats): `python benchmarks/first_step.py {' '.join(STARTUP_ARGS)}` "
-                   "(= `python -m pglab.train …` with CartPole's step wrapped to timestamp its first call), "
+                   "(= `python -m pglab.run.train …` with CartPole's step wrapped to timestamp its first call), "
                    "`python benchmarks/first_step.py --sb3` (SB3 PPO, rl-zoo3 settings, learn(256)) and "
                    "`python -c 'import lightning'` (timestamped after the import); times from the parent's launch. "
                    "Peak RSS is each child's ru_maxrss (wait4).")

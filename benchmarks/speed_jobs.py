@@ -69,7 +69,7 @@ def _pglab_run(overrides: list[str]):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from pglab.train import CONFIG_DIR, build
+    from pglab.run.train import CONFIG_DIR, build
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides + PGLAB_QUIET, return_hydra_config=True)
@@ -121,7 +121,7 @@ def pglab_train(p: dict) -> None:
 def pglab_collect(p: dict) -> None:
     import torch
 
-    from pglab.rollout import SegmentCollector
+    from pglab.rollout.collectors import SegmentCollector
 
     r = _pglab_run(list(p["overrides"]) + [f"seed={p.get('seed', 0)}"])
     envs = r.datamodule.make_envs()
@@ -143,7 +143,7 @@ def pglab_collect(p: dict) -> None:
 def pglab_solve(p: dict) -> None:
     import lightning as L
 
-    from pglab.callbacks import SolveTracker
+    from pglab.run.callbacks import SolveTracker
 
     r = _pglab_run(list(p["overrides"]) + [f"seed={p['seed']}", f"total_env_steps={p['cap']}"])
     tracker = next(c for c in r.trainer.callbacks if isinstance(c, SolveTracker))

@@ -1,5 +1,5 @@
 """Cost of one PPO learner update: the unfused autograd update (two nn.Sequential trunks, the network before
-this wave: "today" in issue 11), the fused autograd one and the lean one (``pglab.lean``, the default).
+this wave: "today" in issue 11), the fused autograd one and the lean one (``pglab.accel.lean``, the default).
 
 One update is what ``PolicyGradientModule.training_step`` does per minibatch:
 - autograd: ``minibatch_loss`` (evaluate + clip surrogate + value loss + entropy + diagnostics) → backward →
@@ -34,11 +34,11 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
-from pglab.data import Batch
-from pglab.lean import LeanUpdate, clip_flat_, fused_adam_step
-from pglab.module import PolicyGradientModule
-from pglab.networks import ActorCritic, CategoricalHead, EvalOutput, GaussianHead, mlp
-from pglab.surrogates import Clip
+from pglab.rollout.datamodule import Batch
+from pglab.accel.lean import LeanUpdate, clip_flat_, fused_adam_step
+from pglab.learner.module import PolicyGradientModule
+from pglab.models.mlp import ActorCritic, CategoricalHead, EvalOutput, GaussianHead, mlp
+from pglab.core.surrogates import Clip
 
 CLOCK = time.thread_time  # CPU time of this thread (see the module docstring)
 BATCH = 128
@@ -132,7 +132,7 @@ def operator_calls(fn: Callable[[], object], n: int = 20,
 
 
 class LeanLearner:
-    """The same update through ``pglab.lean`` (what ``learner.gradients=lean``/``auto`` runs in training_step):
+    """The same update through ``pglab.accel.lean`` (what ``learner.gradients=lean``/``auto`` runs in training_step):
     hand-derived loss gradient into the flat buffer → clip on the flat buffer → the fused Adam kernel."""
 
     def __init__(self, policy: ActorCritic) -> None:

@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from pglab.train import CONFIG_DIR
+from pglab.run.train import CONFIG_DIR
 
 FAST = [
     "logger=none",
@@ -17,7 +17,7 @@ FAST = [
 
 
 def compose_cfg(overrides: list[str], output_dir) -> object:
-    """The config ``python -m pglab.train <overrides>`` would get, with outputs under ``output_dir``."""
+    """The config ``python -m pglab.run.train <overrides>`` would get, with outputs under ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=FAST + list(overrides), return_hydra_config=True)

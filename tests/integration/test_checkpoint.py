@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pglab.train import build
+from pglab.run.train import build
 
 TINY = ["env.num_envs=2", "collector.num_steps=32", "total_env_steps=100000", "eval.enabled=false",
         "checkpoint.enabled=true"]
@@ -54,7 +54,7 @@ def test_state_after_load_equals_state_before(make_cfg, tmp_path):
     assert int(after.module.env_steps) == int(before.module.env_steps) > 0
     # the loaded checkpoint is loadable without unpickling arbitrary objects
     payload = torch.load(ckpt, weights_only=True)
-    assert payload["pglab"]["config"]["surrogate"]["_target_"] == "pglab.surrogates.KLPenalty"
+    assert payload["pglab"]["config"]["surrogate"]["_target_"] == "pglab.core.surrogates.KLPenalty"
 
 
 def test_grpo_reference_policy_is_restored(make_cfg, tmp_path):

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from pglab.checks import ConfigError
-from pglab.train import build
+from pglab.run.checks import ConfigError
+from pglab.run.train import build
 
 
 def _run(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "pglab.train", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pglab.run.train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

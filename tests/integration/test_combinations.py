@@ -1,6 +1,6 @@
 """Every estimator × baseline × surrogate × collector either trains one epoch or is refused at start-up.
 
-The expected verdict comes from the design's rules, written out here independently of pglab.checks.
+The expected verdict comes from the design's rules, written out here independently of pglab.run.checks.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from pglab.checks import ConfigError
-from pglab.train import build
+from pglab.run.checks import ConfigError
+from pglab.run.train import build
 
 ESTIMATORS = ["return", "reward_to_go", "nstep", "gae"]
 BASELINES = ["none", "mean", "value", "group"]

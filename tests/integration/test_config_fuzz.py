@@ -3,12 +3,12 @@
 Each example draws a handful of overrides (valid and invalid values, per key) and composes the real Hydra config
 in-process. The only acceptable outcomes are:
 
-- a refusal at start-up: a Hydra compose error, or a ``pglab.checks.ConfigError`` from ``build`` whose message
+- a refusal at start-up: a Hydra compose error, or a ``pglab.run.checks.ConfigError`` from ``build`` whose message
   is non-empty and names a config key;
 - a short training run whose every logged ``train/*`` metric is finite (``train/explained_variance`` may be NaN:
   it is undefined when the targets have no variance; an update skipped under ``learner.nonfinite=skip`` may log
   its non-finite loss, and counts itself in ``train/skipped_updates``);
-- with ``learner.lr=1e30`` only: a clean stop, ``pglab.module.NonFiniteError`` (or the rollout's
+- with ``learner.lr=1e30`` only: a clean stop, ``pglab.learner.module.NonFiniteError`` (or the rollout's
   ``NonFiniteRolloutError``) with a message.
 
 Any other exception — a traceback from inside pglab, Lightning or torch — fails the test. A value that is invalid
@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
-from pglab.checks import ConfigError
-from pglab.data import NonFiniteRolloutError
-from pglab.module import NonFiniteError
-from pglab.train import build
+from pglab.run.checks import ConfigError
+from pglab.rollout.datamodule import NonFiniteRolloutError
+from pglab.learner.module import NonFiniteError
+from pglab.run.train import build
 
 # key -> the values the fuzz draws for it (as a user types them on the command line)
 CHOICES: dict[str, list[str]] = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pglab.checks import ConfigError
-from pglab.surrogates import Surrogate
-from pglab.train import build
+from pglab.run.checks import ConfigError
+from pglab.core.surrogates import Surrogate
+from pglab.run.train import build
 
 HERE = __name__  # pytest imports this file as a top-level module: its functions are _target_s
 FAST = ["eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false",

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pglab.envs import EnvConfig, make_vector_env
-from pglab.estimators import gae, reward_to_go
-from pglab.networks import ActOutput
-from pglab.rollout import EpisodeCollector, SegmentCollector
-from pglab.train import build
+from pglab.envs.make import EnvConfig, make_vector_env
+from pglab.core.estimators import gae, reward_to_go
+from pglab.models.mlp import ActOutput
+from pglab.rollout.collectors import EpisodeCollector, SegmentCollector
+from pglab.run.train import build
 
 
 def _flat_params(module) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """DDP through Lightning on CPU (gloo): replicas stay identical, counters and metrics are global, resume continues.
 
-Each test launches ``python -m pglab.train trainer=ddp trainer.devices=2`` (Lightning's subprocess launcher starts
-the second rank); ``pglab.callbacks.ReplicaCheck`` all-gathers a checksum of the parameters and normalisation
+Each test launches ``python -m pglab.run.train trainer=ddp trainer.devices=2`` (Lightning's subprocess launcher starts
+the second rank); ``pglab.run.callbacks.ReplicaCheck`` all-gathers a checksum of the parameters and normalisation
 statistics after every step and fails the run if any rank differs.
 """
 
@@ -16,9 +16,9 @@ import sys
 import pytest
 import torch
 
-from pglab.checkpoints import load_checkpoint
-from pglab.checks import ConfigError
-from pglab.train import build
+from pglab.run.checkpoints import load_checkpoint
+from pglab.run.checks import ConfigError
+from pglab.run.train import build
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 DDP = ["trainer=ddp", "trainer.devices=2", "logger=csv", "trainer.enable_progress_bar=false", "env.num_envs=4",
@@ -28,8 +28,8 @@ DDP = ["trainer=ddp", "trainer.devices=2", "logger=csv", "trainer.enable_progres
 def _ddp(tmp_path, name, *extra, timeout=300):
     out = tmp_path / name
     record = out / "replica.json"
-    proc = subprocess.run([sys.executable, "-m", "pglab.train", *DDP, *extra, f"hydra.run.dir={out}",
-                           f"+callbacks.replica={{_target_:pglab.callbacks.ReplicaCheck,record:'{record}'}}"],
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", *DDP, *extra, f"hydra.run.dir={out}",
+                           f"+callbacks.replica={{_target_:pglab.run.callbacks.ReplicaCheck,record:'{record}'}}"],
                           env=ENV, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
     return proc, out, record
 
@@ -82,7 +82,7 @@ def test_slurm_multinode_ddp_composes():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from pglab.train import CONFIG_DIR
+    from pglab.run.train import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
@@ -92,6 +92,6 @@ def test_slurm_multinode_ddp_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-    assert cfg.trainer.strategy._target_ == "pglab.distributed.GradientAllReduceDDP"
+    assert cfg.trainer.strategy._target_ == "pglab.run.distributed.GradientAllReduceDDP"
     assert cfg.trainer.num_nodes == launcher.nodes
     assert cfg.trainer.devices == launcher.tasks_per_node

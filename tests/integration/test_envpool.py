@@ -4,7 +4,7 @@ EnvPool's start states come from its own generators, so a gymnasium CartPole her
 states EnvPool drew (``StartStateCartPole``); from there on both back-ends run the same actions through pglab's
 SegmentCollector and must agree on observations, rewards, flags, autoreset rows, episode statistics and GAE
 targets — except where an episode terminates on its time-limit step, which EnvPool reports as truncation only
-(documented in ``pglab.envpool_env``; this test finds those episodes independently and checks exactly that).
+(documented in ``pglab.envs.envpool``; this test finds those episodes independently and checks exactly that).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     envpool = pytest.importorskip("envpool", reason="envpool not installed (pip install 'pglab[envpool]')")
 
-from pglab.envpool_env import envpool_task_id  # noqa: E402
-from pglab.envs import EnvConfig, make_vector_env  # noqa: E402
-from pglab.estimators import gae  # noqa: E402
-from pglab.networks import ActOutput  # noqa: E402
-from pglab.rollout import SegmentCollector  # noqa: E402
+from pglab.envs.envpool import envpool_task_id  # noqa: E402
+from pglab.envs.make import EnvConfig, make_vector_env  # noqa: E402
+from pglab.core.estimators import gae  # noqa: E402
+from pglab.models.mlp import ActOutput  # noqa: E402
+from pglab.rollout.collectors import SegmentCollector  # noqa: E402
 
 N, T, LIMIT, SEED = 4, 300, 15, 7
 GAMMA, LAM = 0.9, 0.8
@@ -184,7 +184,7 @@ def test_envpool_ids_and_refusals():
     assert envpool_task_id("ale_py:ALE/Breakout-v5", available) == "Breakout-v5"
     with pytest.warns(UserWarning, match="HalfCheetah-v4"):
         assert envpool_task_id("HalfCheetah-v5", available) == "HalfCheetah-v4"
-    from pglab.envpool_env import EnvPoolVectorEnv
+    from pglab.envs.envpool import EnvPoolVectorEnv
 
     cheetah = EnvPoolVectorEnv("HalfCheetah-v4", 2, {})  # builds nothing until reset
     assert cheetah.single_action_space.low.tolist() == [-1.0] * 6 and cheetah.single_action_space.high.max() == 1.0
@@ -198,7 +198,7 @@ def test_envpool_ids_and_refusals():
 
 
 def test_envpool_trains_through_the_cli_config(make_cfg):
-    from pglab.train import build
+    from pglab.run.train import build
 
     cfg = make_cfg("algo=ppo", "env.vectorization=envpool", "env.num_envs=4", "collector.num_steps=32",
                    "total_env_steps=256", "eval.enabled=false")

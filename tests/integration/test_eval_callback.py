@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from gymnasium.wrappers import vector as vw
 
-from pglab.callbacks import EvalCallback
-from pglab.checks import ConfigError
-from pglab.envs import find_wrapper
-from pglab.loggers import finish_wandb
-from pglab.train import build
+from pglab.run.callbacks import EvalCallback
+from pglab.run.checks import ConfigError
+from pglab.envs.make import find_wrapper
+from pglab.run.loggers import finish_wandb
+from pglab.run.train import build
 
 
 def test_eval_logs_returns_and_uses_frozen_training_statistics(make_cfg):

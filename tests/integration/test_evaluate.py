@@ -1,4 +1,4 @@
-"""``python -m pglab.evaluate``: a checkpoint of a real short run, checked against an independent gymnasium loop."""
+"""``python -m pglab.tools.evaluate``: a checkpoint of a real short run, checked against an independent gymnasium loop."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 import torch
 from gymnasium.wrappers import vector as vw
 
-from pglab.envs import find_wrapper
-from pglab.evaluate import CheckpointError, load_checkpoint, make_eval_envs
-from pglab.networks import ActorCritic
+from pglab.envs.make import find_wrapper
+from pglab.tools.evaluate import CheckpointError, load_checkpoint, make_eval_envs
+from pglab.models.mlp import ActorCritic
 
 SEED = 777
 EPISODES = 5
@@ -29,7 +29,7 @@ def _env() -> dict:
 
 
 def _evaluate(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pglab.evaluate", *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "pglab.tools.evaluate", *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -37,7 +37,7 @@ def _evaluate(*args: str, cwd) -> subprocess.CompletedProcess:
 def checkpoint(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     proc = subprocess.run(
-        [sys.executable, "-m", "pglab.train", "total_env_steps=4096", "logger=csv", "eval.enabled=false",
+        [sys.executable, "-m", "pglab.run.train", "total_env_steps=4096", "logger=csv", "eval.enabled=false",
          "checkpoint.every_n_epochs=4", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"],
         cwd=run, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

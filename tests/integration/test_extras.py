@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pglab.train import run
+from pglab.run.train import run
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
@@ -21,7 +21,7 @@ def test_optuna_sweep_with_sqlite_storage(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pglab.train", "-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2",
+        [sys.executable, "-m", "pglab.run.train", "-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2",
          f"hydra.sweeper.storage={url}", "total_env_steps=256", "env.num_envs=2", "collector.num_steps=64",
          "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

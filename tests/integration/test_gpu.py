@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pglab.train import build
+from pglab.run.train import build
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")
 FAST = ["eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
@@ -36,7 +36,7 @@ def test_ddp_on_two_gpus(make_cfg):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "pglab.train", "trainer=ddp", "trainer.accelerator=gpu",
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "trainer=ddp", "trainer.accelerator=gpu",
                            "trainer.devices=2", "logger=csv", *FAST], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pglab.data import Batch
-from pglab.module import PolicyGradientModule
-from pglab.networks import ActorCritic
-from pglab.surrogates import Clip, KLPenalty
-from pglab.train import build
+from pglab.rollout.datamodule import Batch
+from pglab.learner.module import PolicyGradientModule
+from pglab.models.mlp import ActorCritic
+from pglab.core.surrogates import Clip, KLPenalty
+from pglab.run.train import build
 
 
 def _batch(seed: int = 0, n: int = 32) -> Batch:

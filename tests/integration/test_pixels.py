@@ -13,10 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pglab.envs import EnvConfig, make_vector_env
-from pglab.train import build
+from pglab.envs.make import EnvConfig, make_vector_env
+from pglab.run.train import build
 
-PIXEL = ["env.id=pglab.atari:pglab/PixelMatch-v0", "env.vectorization=sync", "model=cnn", "model.encoder=small",
+PIXEL = ["env.id=pglab.envs.atari:pglab/PixelMatch-v0", "env.vectorization=sync", "model=cnn", "model.encoder=small",
          "model.features=32", "eval.enabled=false", "checkpoint.enabled=false"]
 
 
@@ -50,7 +50,7 @@ def test_cnn_learns_the_pixel_env_end_to_end(make_cfg):
 
 def test_cnn_with_vector_observations_is_refused_at_start_up(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, "-m", "pglab.train", "model=cnn", "logger=none",
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "model=cnn", "logger=none",
                            f"hydra.run.dir={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""``python -m pglab.plot``: the statistics against scipy.stats called directly (the library the module uses) and
+"""``python -m pglab.tools.plot``: the statistics against scipy.stats called directly (the library the module uses) and
 closed-form values, the curve/table rules, and the command on a real multirun."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pglab import plot
-from pglab.plot import Run, aggregate_curves, bootstrap_ci, final_score, iqm, read_curve, runs_label, score_table
+from pglab.tools import plot
+from pglab.tools.plot import Run, aggregate_curves, bootstrap_ci, final_score, iqm, read_curve, runs_label, score_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -211,7 +211,7 @@ def _env() -> dict:
 def multirun(tmp_path_factory) -> Path:
     sweep = tmp_path_factory.mktemp("multirun")
     proc = subprocess.run(
-        [sys.executable, "-m", "pglab.train", "-m", "seed=0,1", "surrogate=clip,kl_penalty", "total_env_steps=1024",
+        [sys.executable, "-m", "pglab.run.train", "-m", "seed=0,1", "surrogate=clip,kl_penalty", "total_env_steps=1024",
          "logger=csv", "eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
          f"hydra.sweep.dir={sweep}"],
         cwd=sweep, env=_env(), capture_output=True, text=True, timeout=300)
@@ -228,7 +228,7 @@ def _table_rows(text: str) -> list[list[str]]:
 
 def test_plot_command_on_a_multirun(multirun, tmp_path):
     out, table = tmp_path / "curves.png", tmp_path / "scores.md"
-    proc = subprocess.run([sys.executable, "-m", "pglab.plot", str(multirun), "--out", str(out), "--table", str(table)],
+    proc = subprocess.run([sys.executable, "-m", "pglab.tools.plot", str(multirun), "--out", str(out), "--table", str(table)],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = out.read_bytes()

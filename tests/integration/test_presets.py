@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pglab.train import build
+from pglab.run.train import build
 
 PRESETS = ["reinforce", "reinforce_rtg", "reinforce_baseline", "a2c", "ppo_kl", "ppo", "grpo", "gspo"]
 

@@ -1,4 +1,4 @@
-"""``python -m pglab.probe`` on a real short run (snapshots), its refusals, and its gradients checked another way.
+"""``python -m pglab.tools.probe`` on a real short run (snapshots), its refusals, and its gradients checked another way.
 
 The numbers asserted are identities that hold whatever the data (λ = 1 GAE minus V *is* the reward-to-go minus V;
 λ = 0 GAE without baseline *is* the 1-step return; the batched vector-Jacobian product *is* the gradient of
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pglab.evaluate import build_checkpoint_policy, load_checkpoint
-from pglab.probe import (
+from pglab.tools.evaluate import build_checkpoint_policy, load_checkpoint
+from pglab.tools.probe import (
     Configuration,
     advantages_for,
     batch_gradients,
@@ -29,7 +29,7 @@ from pglab.probe import (
     make_probe_envs,
     policy_parameters,
 )
-from pglab.surrogates import Reinforce, SurrogateInput
+from pglab.core.surrogates import Reinforce, SurrogateInput
 
 TINY = ["batches=4", "batch_steps=512", "reference_steps=8192", "nstep_ks=[1,5]", "gae_lams=[0.0,0.9,1.0]"]
 
@@ -41,7 +41,7 @@ def _env() -> dict:
 def _train(run: Path, *overrides: str) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "pglab.train", "total_env_steps=2048", "logger=csv", "eval.enabled=false",
+        [sys.executable, "-m", "pglab.run.train", "total_env_steps=2048", "logger=csv", "eval.enabled=false",
          "checkpoint.snapshots=true", "checkpoint.every_n_epochs=2", "trainer.enable_progress_bar=false",
          f"hydra.run.dir={run}", *overrides],
         cwd=run, env=_env(), capture_output=True, text=True, timeout=300)
@@ -50,7 +50,7 @@ def _train(run: Path, *overrides: str) -> Path:
 
 
 def _probe(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pglab.probe", *args], cwd=cwd, env=_env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pglab.tools.probe", *args], cwd=cwd, env=_env(), capture_output=True,
                           text=True, timeout=300)
 
 
@@ -97,7 +97,7 @@ def test_probe_writes_its_outputs_and_agrees_with_its_reference(run_dir, tmp_pat
 
 
 def test_batch_gradients_equal_the_reinforce_surrogate(run_dir):
-    """The batched vector-Jacobian products equal one plain backward pass of pglab.surrogates.Reinforce
+    """The batched vector-Jacobian products equal one plain backward pass of pglab.core.surrogates.Reinforce
     (−mean(A·log π), token mean) per configuration, on a real collected batch with lookahead."""
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     envs = make_probe_envs(ckpt, 4)
@@ -144,7 +144,7 @@ def test_refuses_a_file_that_is_not_a_pglab_checkpoint(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
     proc = _probe(f"ckpt_path={garbage}", *TINY, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.startswith("pglab.probe: ") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("pglab.tools.probe: ") and "Traceback" not in proc.stderr
     assert str(garbage) in proc.stderr
     proc = _probe(f"run_dir={tmp_path}", *TINY, cwd=tmp_path)
     assert proc.returncode == 2 and "no checkpoints/snapshot-epoch" in proc.stderr
@@ -157,7 +157,7 @@ def test_refuses_a_policy_type_it_does_not_handle(run_dir, tmp_path):
     torch.save(ckpt, path)
     proc = _probe(f"ckpt_path={path}", *TINY, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "pglab.probe:" in proc.stderr and ("do not fit" in proc.stderr or "handles pglab's" in proc.stderr)
+    assert "pglab.tools.probe:" in proc.stderr and ("do not fit" in proc.stderr or "handles pglab's" in proc.stderr)
 
 
 def test_gaussian_policy_with_normalised_rewards(tmp_path):

@@ -18,22 +18,22 @@ import numpy as np
 import pytest
 import torch
 
-from pglab.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
-from pglab.checks import ConfigError
-from pglab.data import Batch, NonFiniteRolloutError
-from pglab.evaluate import evaluate
-from pglab.lean import LeanUpdate
-from pglab.module import NonFiniteError, PolicyGradientModule
-from pglab.networks import ActorCritic
-from pglab.surrogates import KLPenalty
-from pglab.train import build
+from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
+from pglab.run.checks import ConfigError
+from pglab.rollout.datamodule import Batch, NonFiniteRolloutError
+from pglab.tools.evaluate import evaluate
+from pglab.accel.lean import LeanUpdate
+from pglab.learner.module import NonFiniteError, PolicyGradientModule
+from pglab.models.mlp import ActorCritic
+from pglab.core.surrogates import KLPenalty
+from pglab.run.train import build
 
 FAST = ["eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false"]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def _train(*args: str, cwd=None, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pglab.train", *args], env=ENV, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pglab.run.train", *args], env=ENV, capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
 
 
@@ -71,7 +71,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path):
         evaluate(evil)
     proc = _train(f"ckpt_path={evil}", "logger=csv", f"hydra.run.dir={tmp_path / 'resume'}")
     assert proc.returncode == 2 and "could run code" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "pglab.evaluate", f"ckpt_path={evil}"], env=ENV,
+    proc = subprocess.run([sys.executable, "-m", "pglab.tools.evaluate", f"ckpt_path={evil}"], env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "could run code" in proc.stderr
     assert not marker.exists(), "unpickling the checkpoint ran code"
@@ -252,7 +252,7 @@ def test_rollouts_without_real_transitions_are_skipped_and_counted(make_cfg, ove
 # -- 5. faults: signals, resume ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_flushes_and_exits_nonzero(tmp_path, signum, code):
-    args = [sys.executable, "-m", "pglab.train", "total_env_steps=10000000", "logger=csv", "eval.enabled=false",
+    args = [sys.executable, "-m", "pglab.run.train", "total_env_steps=10000000", "logger=csv", "eval.enabled=false",
             "trainer.enable_progress_bar=false", "checkpoint.every_n_epochs=100000", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "csv" / "metrics.csv"
@@ -280,15 +280,15 @@ def test_resume_takes_the_checkpoints_algorithm_appends_and_continues_the_lr(tmp
                   "trainer.enable_progress_bar=false", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     resumed = load_checkpoint(ckpt_path)
-    assert resumed["pglab"]["config"]["surrogate"]["_target_"] == "pglab.surrogates.Reinforce"  # still a2c
-    assert resumed["pglab"]["config"]["estimator"]["_target_"] == "pglab.estimators.nstep"
+    assert resumed["pglab"]["config"]["surrogate"]["_target_"] == "pglab.core.surrogates.Reinforce"  # still a2c
+    assert resumed["pglab"]["config"]["estimator"]["_target_"] == "pglab.core.estimators.nstep"
     lines = (out / "csv" / "metrics.csv").read_text().splitlines()
     assert len(lines) > rows_before and lines[0].startswith("env_steps")  # appended under the same header
     assert sum(line.startswith("env_steps") for line in lines) == 1
     import yaml
 
     hydra_config = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
-    assert hydra_config["surrogate"]["_target_"] == "pglab.surrogates.Reinforce"  # the effective config, not PPO's
+    assert hydra_config["surrogate"]["_target_"] == "pglab.core.surrogates.Reinforce"  # the effective config, not PPO's
     assert (out / ".hydra" / "config.command_line.yaml").exists()
 
 
@@ -333,7 +333,7 @@ def test_runtime_failure_in_a_sweep_is_summarised(tmp_path, launcher):
 
 # -- 7. W&B never waits on an unreachable server -----------------------------------------------------------------
 def test_unreachable_wandb_server_falls_back_to_offline(tmp_path, monkeypatch, capsys):
-    from pglab import loggers
+    from pglab.run import loggers
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
@@ -384,7 +384,7 @@ def test_last_checkpoint_keeps_the_normalisation_statistics(tmp_path):
 
 def test_csv_rows_reach_the_file_without_waiting_for_the_end(tmp_path):
     # Lightning flushes when (step + 1) % 100 == 0, and pglab's step is the env-step count: a killed run lost rows
-    from pglab.loggers import CSVLogger
+    from pglab.run.loggers import CSVLogger
 
     logger = CSVLogger(str(tmp_path), name="csv", version="", flush_seconds=0.0)
     logger.log_metrics({"rollout/episode_return": 1.0}, step=256)

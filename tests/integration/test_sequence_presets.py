@@ -17,15 +17,15 @@ import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
-from pglab.baselines import group_baseline
-from pglab.data import OnPolicyDataModule, _MinibatchDataset, compute_advantages
-from pglab.envs import EnvConfig
-from pglab.estimators import trajectory_return
-from pglab.rollout import EpisodeCollector
-from pglab.surrogates import GSPO, SurrogateInput
-from pglab.token_envs import ReverseEnv
-from pglab.train import build
-from pglab.transformer import TransformerPolicy
+from pglab.core.baselines import group_baseline
+from pglab.rollout.datamodule import OnPolicyDataModule, _MinibatchDataset, compute_advantages
+from pglab.envs.make import EnvConfig
+from pglab.core.estimators import trajectory_return
+from pglab.rollout.collectors import EpisodeCollector
+from pglab.core.surrogates import GSPO, SurrogateInput
+from pglab.envs.tokens import ReverseEnv
+from pglab.run.train import build
+from pglab.models.transformer import TransformerPolicy
 
 PRESETS = ["reverse_grpo", "reverse_gspo", "reverse_drgrpo", "reverse_ppo", "reverse_reinforce"]
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_preset_trains_end_to_end_from_the_command_line(preset, tmp_path):
     # two rollouts of 32 answers (≈ 220 env steps each) of a few updates each, a 3-step warm start, held-out
     # accuracy on 16 prompts
     groups = 32 // (8 if preset in ("reverse_grpo", "reverse_gspo", "reverse_drgrpo") else 1)
-    cmd = [sys.executable, "-m", "pglab.train", f"experiment={preset}", "total_env_steps=300", "logger=csv",
+    cmd = [sys.executable, "-m", "pglab.run.train", f"experiment={preset}", "total_env_steps=300", "logger=csv",
            f"collector.num_groups={groups}",
            "eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
            "callbacks.pretrain.steps=3", "callbacks.heldout.prompts=16", "callbacks.heldout.every_n_epochs=1",
@@ -107,7 +107,7 @@ def test_gspo_sequence_ratio_is_the_geometric_mean_over_each_answers_own_tokens(
 
 
 def test_warm_start_lowers_the_teacher_loss_and_zero_steps_leave_the_policy_alone(make_cfg):
-    import pglab.token_envs  # noqa: F401  registers pglab/Reverse-v0 for the bare id used below
+    import pglab.envs.tokens  # noqa: F401  registers pglab/Reverse-v0 for the bare id used below
 
     base = ["experiment=reverse_grpo", "env.id=pglab/Reverse-v0", "env.kwargs.prompt_length=3",
             "env.kwargs.max_answer_length=4", "eval.enabled=false", "checkpoint.enabled=false",
@@ -130,15 +130,15 @@ def test_warm_start_lowers_the_teacher_loss_and_zero_steps_leave_the_policy_alon
 
 
 def test_warm_start_refuses_an_env_that_is_not_a_token_task(make_cfg):
-    from pglab.pretrain import SupervisedWarmStart
+    from pglab.run.pretrain import SupervisedWarmStart
 
     r = build(make_cfg("algo=ppo", "eval.enabled=false", "checkpoint.enabled=false"))
-    with pytest.raises(ValueError, match="not a pglab.token_envs task"):
+    with pytest.raises(ValueError, match="not a pglab.envs.tokens task"):
         SupervisedWarmStart(steps=1).on_fit_start(SimpleNamespace(datamodule=r.datamodule, ckpt_path=None), r.module)
 
 
 def test_transformer_on_a_non_token_env_is_a_start_up_error(make_cfg):
-    from pglab.checks import ConfigError
+    from pglab.run.checks import ConfigError
 
     with pytest.raises(ConfigError, match="model=mlp"):
         build(make_cfg("model=transformer", "eval.enabled=false", "checkpoint.enabled=false"))

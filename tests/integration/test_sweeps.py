@@ -18,7 +18,7 @@ TINY = ["total_env_steps=256", "env.num_envs=2", "collector.num_steps=64", "eval
 
 def _multirun(tmp_path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, "-m", "pglab.train", "-m", *TINY, *overrides,
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "-m", *TINY, *overrides,
                            f"hydra.sweep.dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=timeout)
     return proc
 
@@ -87,7 +87,7 @@ def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    from pglab.train import CONFIG_DIR
+    from pglab.run.train import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

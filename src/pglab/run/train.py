@@ -1,0 +1,331 @@
+"""Hydra entry point: ``python -m pglab.run.train [overrides]`` (or ``pglab-train``).
+
+compose config → (resume: the checkpoint's algorithm, env and model) → validate → DataModule (envs) → networks →
+LightningModule → Trainer.fit.
+
+Exit codes: 0 done (or nothing left to do), 2 refused at start-up, 3 stopped on a non-finite value, 130 / 143
+stopped by SIGINT / SIGTERM (after saving a checkpoint), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
+from pglab.run.checkpoints import CheckpointError, load_checkpoint, resume_config
+from pglab.run.checks import ConfigError, check_combination, check_types
+from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
+from pglab.envs.make import EnvConfig, require_video_support
+from pglab.run.hydra_callbacks import mark_failed
+from pglab.run.loggers import finish_wandb, sync_hint
+from pglab.learner.module import NonFiniteError, PolicyGradientModule
+from pglab.models.mlp import build_policy
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Lightning 2.6's own use of a torch API that torch 2.13 deprecates: printed twice per run, not actionable here
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+__all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
+
+EXIT_REFUSED, EXIT_NONFINITE = 2, 3
+SCHEDULE_KEYS = ("epochs", "num_minibatches", "minibatches_per_step")  # learner.* keys read by the DataModule
+
+
+class EnvStepBudget(L.Callback):
+    """Stops training once the module has consumed ``total_env_steps`` real transitions."""
+
+    def __init__(self, total_env_steps: int) -> None:
+        self.total_env_steps = total_env_steps
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        if int(module.env_steps) >= self.total_env_steps:
+            trainer.should_stop = True
+
+
+class GracefulStop(L.Callback):
+    """SIGTERM and SIGINT stop training at the next update boundary instead of killing it.
+
+    The handler only records the signal; the module finishes the update it is in and skips the rest of the
+    rollout, the epoch ends normally (metrics logged), and ``run`` saves ``last.ckpt``, flushes the loggers, says
+    where, and exits 128 + signal (143 / 130) so a scheduler sees the job did not finish. Lightning's own SIGTERM
+    handling exits 0 without a word; these handlers replace it (registered after it, at train start). A second
+    signal of the same kind is not graceful: it ends the process at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (joblib threads, notebooks)
+
+        def handle(signum, frame) -> None:
+            module.stop_signal = signum
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+
+        for signum in self.SIGNALS:
+            self.previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handle)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
+        # under DDP the module agrees on the signal over ranks (PolicyGradientModule.on_train_epoch_end)
+        if trainer.world_size == 1 and module.stop_signal is not None:
+            trainer.should_stop = True
+
+    def teardown(self, trainer: L.Trainer, module: PolicyGradientModule, stage: str) -> None:
+        for signum, handler in self.previous.items():
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signum, handler)
+        self.previous.clear()
+
+
+@dataclass
+class Built:
+    trainer: L.Trainer
+    module: PolicyGradientModule
+    datamodule: OnPolicyDataModule
+    cfg: DictConfig
+
+
+def plain_partial(component):
+    """A ``_partial_: true`` component as a plain ``functools.partial`` of the same target and arguments.
+
+    hydra-core 1.3.8 returns a partial subclass that re-validates its target policy on every call (~0.3 ms; the
+    estimator and the baseline are called once per rollout, 1.3 ms a rollout in all). The target was validated
+    when it was instantiated; what it returns here is a tensor, not a callable to authorise."""
+    if isinstance(component, functools.partial) and type(component) is not functools.partial:
+        return functools.partial(component.func, *component.args, **component.keywords)
+    return component
+
+
+def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
+    """Everything ``fit`` needs, validated before any environment steps."""
+    check_types(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_num_threads(int(cfg.torch_threads))
+    try:
+        estimator = plain_partial(instantiate(cfg.estimator))
+        baseline = plain_partial(instantiate(cfg.baseline))
+        surrogate = instantiate(cfg.surrogate)
+    except InstantiationException as err:  # e.g. a negative clip range: the component's own ValueError
+        raise ConfigError(f"this configuration cannot run:\n  - {err.__cause__ or err}") from err
+    check_combination(cfg, estimator, baseline, surrogate)
+    if cfg.eval.enabled and cfg.eval.video:
+        try:
+            require_video_support(cfg.env.id)
+        except ImportError as err:
+            raise ConfigError(str(err)) from err
+
+    datamodule = OnPolicyDataModule(
+        env=EnvConfig(**OmegaConf.to_container(cfg.env, resolve=True)),
+        collector=OmegaConf.to_container(cfg.collector, resolve=True),
+        estimator=estimator, baseline=baseline,
+        update_epochs=cfg.learner.epochs, num_minibatches=cfg.learner.num_minibatches,
+        whole_episodes=surrogate.needs_whole_episodes, seed=cfg.seed,
+        minibatches_per_step=cfg.learner.minibatches_per_step)
+    try:
+        envs = datamodule.make_envs()
+        if cfg.collector.kind == "episodes" and not cfg.collector.max_episode_steps and \
+                (envs.spec is None or not envs.spec.max_episode_steps):
+            raise ValueError(f"{cfg.env.id} has no time limit, which the episode collector needs to size its "
+                             "rollouts: set collector.max_episode_steps (e.g. the longest answer for token envs)")
+    except (ValueError, ImportError) as err:  # unknown env id, no native vector env, optional back-end missing
+        raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
+    try:
+        policy = build_policy(OmegaConf.to_container(cfg.model, resolve=True), envs.single_observation_space,
+                              envs.single_action_space)
+    except (ValueError, TypeError) as err:  # a model that does not fit the env, an unknown model key, ...
+        raise ConfigError(f"this configuration cannot run:\n  - model: {err}") from err
+    # learner.* are the module's constructor arguments, except the update schedule the DataModule consumes
+    learner = {k: v for k, v in OmegaConf.to_container(cfg.learner, resolve=True).items() if k not in SCHEDULE_KEYS}
+    try:
+        module = PolicyGradientModule(policy, surrogate, total_env_steps=cfg.total_env_steps, **learner)
+    except ValueError as err:  # e.g. learner.gradients=lean for a combination it does not cover
+        raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if HydraConfig.initialized():
+        module.run_choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
+                              if isinstance(v, str) and not k.startswith("hydra")}
+
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        is_wandb = str(logger_cfg.get("_target_", "")).endswith("wandb_logger")
+        try:
+            logger = instantiate(logger_cfg, **({"id": wandb_id} if is_wandb and wandb_id else {}))
+        except InstantiationException as err:  # e.g. logger=tensorboard without its package
+            raise ConfigError(f"this configuration cannot run:\n  - logger: {err.__cause__ or err}") from err
+        logger.log_hyperparams(module.run_config)
+        if type(logger).__name__ == "WandbLogger":
+            # plot every metric against env steps, not optimizer steps
+            logger.experiment.define_metric("env_steps")
+            logger.experiment.define_metric("*", step_metric="env_steps")
+            module.wandb_id = logger.experiment.id  # a resumed run continues this W&B run
+        loggers.append(logger)
+    callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20), GracefulStop()]
+    out = Path(cfg.paths.output_dir)
+    if cfg.eval.enabled:
+        video_dir = str(out / "videos") if cfg.eval.video else None
+        callbacks.append(EvalCallback(every_n_epochs=cfg.eval.every_n_epochs, episodes=cfg.eval.episodes,
+                                      num_envs=cfg.eval.num_envs, seed=cfg.seed + 1_000_000, video_dir=video_dir))
+    if cfg.checkpoint.enabled:
+        # best by eval return when evaluating, plus always the last; also on Ctrl-C / SIGTERM / crash
+        callbacks.append(ModelCheckpoint(
+            dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean" if cfg.eval.enabled
+            else None, mode="max", save_top_k=1 if cfg.eval.enabled else 0, save_last=True,
+            every_n_epochs=cfg.checkpoint.every_n_epochs, save_on_exception=True))
+        if cfg.checkpoint.get("snapshots"):
+            # keep every periodic checkpoint (early / middle / late policies for pglab.tools.probe)
+            callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="snapshot-{epoch}", monitor=None,
+                                             save_top_k=-1, every_n_epochs=cfg.checkpoint.every_n_epochs))
+    # extra Lightning callbacks from the config (``callbacks.<name>._target_``), e.g. an experiment's warm start
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        try:
+            callbacks.append(instantiate(callback_cfg))
+        except InstantiationException as err:
+            raise ConfigError(f"this configuration cannot run:\n  - callbacks.{name}: {err.__cause__ or err}") from err
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
+    if progress:
+        callbacks.append(EnvStepProgressBar(cfg.total_env_steps))
+    try:
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                              enable_checkpointing=bool(cfg.checkpoint.enabled), enable_progress_bar=progress)
+    except InstantiationException as err:  # e.g. trainer=gpu on a machine without CUDA
+        raise ConfigError(f"this configuration cannot run:\n  - trainer: {err.__cause__ or err} (trainer=cpu runs "
+                          "anywhere; trainer=ddp trainer.accelerator=cpu spreads over CPU processes)") from err
+    return Built(trainer, module, datamodule, cfg)
+
+
+def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """For ``ckpt_path=...``: the checkpoint (loaded weights-only) and the config to resume with — the
+    checkpoint's algorithm, env and model, this command line's budget, logging, eval and checkpoint settings."""
+    if cfg.ckpt_path is None:
+        return cfg, None
+    try:
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        payload = ckpt["pglab"]
+        merged = resume_config(OmegaConf.to_container(cfg, resolve=True), payload["config"], overrides,
+                               payload.get("choices"))
+    except CheckpointError as err:
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
+    resumed = OmegaConf.create(merged)
+    OmegaConf.set_struct(resumed, True)
+    return resumed, ckpt
+
+
+def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
+    """Train one configuration; returns the final logged metrics (floats) and the exit code (0, or 128 + signal)."""
+    try:
+        cfg, ckpt = prepare_resume(cfg)
+        out = Path(cfg.paths.output_dir)
+        wandb_id, ckpt_choices = None, None
+        if ckpt is not None:
+            ckpt_choices = {k: v for k, v in (ckpt["pglab"].get("choices") or {}).items()
+                            if k in ("algo", "experiment", "env", "model", "estimator", "baseline", "surrogate")}
+            steps = int(ckpt["state_dict"].get("env_steps", 0))
+            if steps >= cfg.total_env_steps:
+                print(f"pglab: {cfg.ckpt_path} is a finished run ({steps} env steps >= total_env_steps="
+                      f"{cfg.total_env_steps}); nothing to do. To train on, raise total_env_steps")
+                return {}, 0
+            wandb_id = ckpt["pglab"].get("wandb_id")
+            out.mkdir(parents=True, exist_ok=True)
+            hydra_dir = out / ".hydra"
+            if hydra_dir.is_dir():
+                # Hydra wrote the command line's config; the run trains with the checkpoint's algorithm, env and
+                # model, which is what plots and readers of .hydra/config.yaml must see
+                (hydra_dir / "config.yaml").replace(hydra_dir / "config.command_line.yaml")
+                OmegaConf.save(cfg, hydra_dir / "config.yaml")
+            (out / "resumed_from.json").write_text(json.dumps(
+                {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env_steps": steps, "wandb_id": wandb_id}) + "\n")
+            print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "
+                  f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
+            del ckpt
+        r = build(cfg, wandb_id=wandb_id)
+        if ckpt_choices:  # the resumed run's groups are the checkpoint's, whatever this command line defaulted to
+            r.module.run_choices = {**(r.module.run_choices or {}), **ckpt_choices}
+        # weights_only: a checkpoint is data, never code (see pglab.run.checkpoints)
+        r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        last = out / "checkpoints" / "last.ckpt"
+        if cfg.checkpoint.enabled and not r.trainer.interrupted:
+            # the periodic checkpoints may predate the last epoch: last.ckpt is always the final state
+            r.trainer.save_checkpoint(last)
+        for logger in r.trainer.loggers:
+            logger.save()
+        metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
+        steps = int(r.module.env_steps)
+        code = 0
+        if not r.trainer.is_global_zero:  # under DDP rank 0 speaks for the run
+            return metrics, 128 + int(r.module.stop_signal) if r.module.stop_signal is not None else 0
+        if r.module.stop_signal is not None:
+            code = 128 + int(r.module.stop_signal)
+            name = signal.Signals(r.module.stop_signal).name
+            saved = f"checkpoint {last}; resume: python -m pglab.run.train ckpt_path={last}" if cfg.checkpoint.enabled \
+                else "no checkpoint (checkpoint.enabled=false)"
+            print(f"pglab: stopped by {name} at {steps} env steps; metrics flushed; {saved}", file=sys.stderr)
+        else:
+            print(f"pglab: {steps} env steps, last mean episode return "
+                  f"{metrics.get('rollout/episode_return', math.nan):.1f} ({r.module.update_path} updates); "
+                  f"outputs in {out}")
+        hint = sync_hint(str(out))
+        if hint:
+            print(f"pglab: W&B ran offline; to upload: {hint}")
+        return metrics, code
+    finally:
+        finish_wandb()
+
+
+def _fail(cfg: DictConfig, message: str, detail: str, code: int) -> None:
+    """Report a failed run: one line (or a refusal) on stderr; under multirun a FAILED file and the sweep goes on."""
+    print(f"pglab: {message}", file=sys.stderr)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        mark_failed(cfg.paths.output_dir, detail)  # the other jobs go on; the sweep summary names this one
+        return
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, code = run(cfg)
+    except ConfigError as err:
+        return _fail(cfg, str(err), f"ConfigError: {err}", EXIT_REFUSED)
+    except (NonFiniteError, NonFiniteRolloutError) as err:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        kept = f"; the last finite state is in {last}" if cfg.checkpoint.enabled and last.exists() else ""
+        return _fail(cfg, f"stopped: {err}{kept}", f"{type(err).__name__}: {err}\n{traceback.format_exc()}",
+                     EXIT_NONFINITE)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        return _fail(cfg, f"job failed: {type(err).__name__}: {err}", traceback.format_exc(), 1)
+    if code:
+        sys.exit(code)
+    # the objective for sweepers (Optuna maximises it): the running mean of the last 20 episodes
+    return metrics.get("rollout/return_mean20", metrics.get("rollout/episode_return"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint: ``python -m pglab.tools.evaluate ckpt_path=outputs/ppo/<time>/checkpoints/last.ckpt``.
+
+Rebuilds the environment and the actor-critic from the training run's config stored in the checkpoint
+(``ckpt["pglab"]["config"]``), loads the ``policy.*`` weights, restores and freezes the observation-normalisation
+statistics when the run normalised observations, and runs ``episodes`` episodes with raw (unnormalised) rewards.
+Prints return mean / std / min / max and the mean episode length, and writes them with the per-episode lists to
+``<output_dir>/evaluation.json``. ``video=true`` records the episodes to ``<output_dir>/videos`` (needs moviepy).
+
+Options: ``conf/evaluate.yaml`` (episodes, num_envs, seed, deterministic, video, output_dir).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
+from pglab.envs.make import env_config_from_dict, make_frozen_envs, require_video_support, run_episodes
+from pglab.models.mlp import build_policy
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+__all__ = ["CheckpointError", "load_checkpoint", "build_checkpoint_policy", "make_eval_envs", "evaluate",
+           "default_output_dir", "main"]
+
+
+def make_eval_envs(ckpt: dict, num_envs: int, video_dir: str | None = None):
+    """The run's env with reward normalisation off and observation normalisation (if any) frozen at the
+    checkpoint's statistics."""
+    cfg = env_config_from_dict(ckpt["pglab"]["config"]["env"], record_video_dir=video_dir)
+    try:
+        return make_frozen_envs(cfg, num_envs, ckpt.get("OnPolicyDataModule") or {})
+    except ValueError as err:
+        raise CheckpointError(f"{err}: the checkpoint cannot be evaluated as trained") from err
+
+
+def build_checkpoint_policy(ckpt: dict, envs):
+    """The run's ActorCritic with the checkpoint's ``policy.*`` weights, in eval mode."""
+    policy = build_policy(ckpt["pglab"]["config"]["model"], envs.single_observation_space,
+                          envs.single_action_space)
+    weights = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"the checkpoint's policy weights do not fit the network its config describes: {err}") \
+            from err
+    return policy.eval()
+
+
+def default_output_dir(ckpt_path: str | Path) -> Path:
+    """``<run dir>/evaluate`` for ``<run dir>/checkpoints/x.ckpt``, else ``evaluate/`` beside the checkpoint."""
+    parent = Path(ckpt_path).parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "evaluate"
+
+
+def evaluate(ckpt_path: str | Path, episodes: int = 10, num_envs: int = 4, seed: int = 12345,
+             deterministic: bool = True, video_dir: str | None = None) -> dict:
+    """Run ``episodes`` episodes of the checkpoint's policy; returns the statistics and per-episode lists."""
+    if episodes < 1 or num_envs < 1:
+        raise ValueError("episodes and num_envs must be >= 1")
+    if video_dir is not None:
+        require_video_support()
+    ckpt = load_checkpoint(ckpt_path)
+    check_finite_weights(ckpt, ckpt_path)
+    envs = make_eval_envs(ckpt, num_envs, video_dir)
+    try:
+        policy = build_checkpoint_policy(ckpt, envs)
+        torch.manual_seed(seed)  # sampled actions (deterministic=false) are reproducible too
+        with torch.inference_mode():
+            returns, lengths = run_episodes(envs, lambda obs: policy.act(obs, deterministic=deterministic).actions,
+                                            episodes, seed=seed)
+    finally:
+        envs.close()
+    if returns.size == 0:
+        raise RuntimeError("no episode finished within the step limit")
+    if returns.size < episodes:
+        print(f"pglab.tools.evaluate: only {returns.size} of {episodes} episodes finished within the step limit",
+              file=sys.stderr)
+    return {
+        "ckpt_path": str(ckpt_path), "env_id": ckpt["pglab"]["config"]["env"]["id"],
+        "env_steps_trained": int(ckpt["state_dict"]["env_steps"]) if "env_steps" in ckpt["state_dict"] else None,
+        "episodes": int(returns.size), "num_envs": num_envs, "seed": seed, "deterministic": deterministic,
+        "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+        "return_min": float(returns.min()), "return_max": float(returns.max()),
+        "length_mean": float(lengths.mean()),
+        "returns": returns.tolist(), "lengths": lengths.tolist(),
+    }
+
+
+def format_results(results: dict) -> str:
+    policy = "deterministic policy (mode of π)" if results["deterministic"] else "sampled actions"
+    trained = results["env_steps_trained"]
+    lines = [f"pglab.tools.evaluate: {results['ckpt_path']}"
+             + (f" ({trained} env steps of training)" if trained is not None else ""),
+             f"  {results['env_id']}, {results['episodes']} episodes, {policy}, seed {results['seed']}, "
+             f"{results['num_envs']} envs, raw rewards"]
+    for key in ("return_mean", "return_std", "return_min", "return_max", "length_mean"):
+        lines.append(f"  {key:<12} {results[key]:.3f}")
+    lines.append(f"  {'returns':<12} {' '.join(f'{r:g}' for r in results['returns'])}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        print("pglab.tools.evaluate: which checkpoint? python -m pglab.tools.evaluate ckpt_path=outputs/<algo>/<time>/checkpoints/"
+              "last.ckpt", file=sys.stderr)
+        sys.exit(2)
+    out = Path(cfg.output_dir) if cfg.output_dir is not None else default_output_dir(cfg.ckpt_path)
+    try:
+        if cfg.video:
+            try:
+                require_video_support()
+            except ImportError as err:  # the message names the training switch; here it is video=false
+                raise ImportError(str(err).replace("eval.video=false", "video=false")) from err
+        if not Path(cfg.ckpt_path).is_file():
+            raise CheckpointError(f"checkpoint not found: {cfg.ckpt_path}")
+        results = evaluate(cfg.ckpt_path, episodes=int(cfg.episodes), num_envs=int(cfg.num_envs),
+                           seed=int(cfg.seed), deterministic=bool(cfg.deterministic),
+                           video_dir=str(out / "videos") if cfg.video else None)
+    except (CheckpointError, ImportError, ValueError) as err:
+        print(f"pglab.tools.evaluate: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(format_results(results))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"pglab.tools.evaluate: results in {out / 'evaluation.json'}" + (f", videos in {out / 'videos'}"
+                                                                      if cfg.video else ""))
+    return results["return_mean"]
+
+
+if __name__ == "__main__":
+    main()

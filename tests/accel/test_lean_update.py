@@ -1,0 +1,188 @@
+"""The lean update (pglab.accel.lean) against references computed another way.
+
+- Loss, every parameter gradient and every diagnostic against autograd through the modular loss
+  (``PolicyGradientModule.loss_and_stats``: the network's ``evaluate``, the surrogate class, ``value_loss``),
+  over heads, trunk layouts, depths, activations, surrogates, value clipping, normalisation, entropy and padding.
+- The hand-derived gradient against central finite differences of the lean loss itself, in float64.
+- ``fused_adam_step`` against ``torch.optim.Adam.step`` (bit for bit), and its fallbacks.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from pglab.rollout.datamodule import Batch
+from pglab.accel.lean import LeanUpdate, clip_flat_, fused_adam_step, unsupported
+from pglab.learner.module import PolicyGradientModule
+from pglab.models.mlp import ActorCritic
+from pglab.core.surrogates import GRPO, Clip, Importance, KLPenalty, Reinforce
+
+
+def _batch(policy: ActorCritic, obs_dim: int, kind: str, size: int, n: int = 24, pad: int = 5,
+           dtype=torch.float32) -> Batch:
+    """A minibatch whose old policy is a perturbation of ``policy`` (ratios spread on both sides of the clip
+    range), with ``pad`` padding rows at the end."""
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(n, obs_dim, generator=g, dtype=dtype)
+    if kind == "discrete":
+        actions = torch.randint(0, size, (n,), generator=g)
+    else:
+        actions = torch.randn(n, size, generator=g, dtype=dtype)
+    with torch.no_grad():
+        out = policy.evaluate(obs, actions)
+    mask = torch.ones(n, dtype=dtype)
+    mask[n - pad:] = 0
+    return Batch(obs=obs, actions=actions, logp_old=out.logp + 0.3 * torch.randn(n, generator=g, dtype=dtype),
+                 values_old=out.values + 0.5 * torch.randn(n, generator=g, dtype=dtype),
+                 dist_params_old=out.dist_params, advantages=torch.randn(n, generator=g, dtype=dtype) * 2 + 0.5,
+                 targets=out.values + torch.randn(n, generator=g, dtype=dtype), mask=mask,
+                 episode_ids=torch.arange(n) % 3, num_episodes=3)
+
+
+def _pair(obs_dim, space, hidden, activation, layout, surrogate, **learner):
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_dim, space, hidden=hidden, activation=activation, shared=layout == "shared",
+                         value_head=layout != "no_value", log_std_init=-0.3)
+    if space[0] == "continuous":  # a log-std away from its initial value, so its gradient terms all matter
+        with torch.no_grad():
+            policy.head.log_std.copy_(torch.linspace(-0.5, 0.2, space[1]))
+    module = PolicyGradientModule(policy, surrogate, **learner)
+    lean = LeanUpdate(policy, surrogate, vf_coef=module.hparams.vf_coef, ent_coef=module.hparams.ent_coef,
+                      value_clip=module.hparams.value_clip,
+                      normalize_advantages=module.hparams.normalize_advantages)
+    return policy, module, lean
+
+
+CASES = [
+    # (space, hidden, activation, layout)
+    *[(space, hidden, "tanh", layout)
+      for space, hidden, layout in itertools.product([("discrete", 3), ("continuous", 2)], [(), (16,), (16, 8, 6)],
+                                                     ["separate", "shared", "no_value"])],
+    (("discrete", 2), (64, 64), "relu", "separate"),
+    (("continuous", 1), (64, 64), "relu", "shared"),
+    (("continuous", 3), (64, 64), "tanh", "separate"),
+]
+SURROGATES = {"clip": lambda: Clip(0.2), "clip_higher": lambda: Clip(0.1, 0.3), "importance": Importance,
+              "reinforce": Reinforce, "reinforce_episode_sum": lambda: Reinforce(aggregation="episode_sum")}
+LEARNERS = [dict(vf_coef=0.5, ent_coef=0.0, value_clip=None, normalize_advantages=True),
+            dict(vf_coef=0.7, ent_coef=0.05, value_clip=0.2, normalize_advantages=True),
+            dict(vf_coef=1.0, ent_coef=0.01, value_clip=None, normalize_advantages=False)]
+
+
+@pytest.mark.parametrize("space, hidden, activation, layout", CASES)
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+@pytest.mark.parametrize("learner", range(len(LEARNERS)))
+def test_loss_gradient_and_diagnostics_match_autograd(space, hidden, activation, layout, surrogate, learner):
+    policy, module, lean = _pair(5, space, hidden, activation, layout, SURROGATES[surrogate](), **LEARNERS[learner])
+    batch = _batch(policy, 5, *space)
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    loss_ref, stats_ref = module.loss_and_stats(batch)
+    grads_ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
+
+    loss, diagnostics = lean(batch)
+    stats = lean.stats([diagnostics])
+    torch.testing.assert_close(loss, loss_ref.detach(), rtol=1e-5, atol=1e-6)
+    for (name, _), p, ref in zip(policy.named_parameters(), params, grads_ref, strict=True):
+        ref = torch.zeros_like(p) if ref is None else ref
+        torch.testing.assert_close(p.grad, ref, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    assert sorted(lean.keys) == sorted(stats_ref), "the lean update logs the autograd update's diagnostics"
+    for key, value in zip(lean.keys, stats, strict=True):
+        torch.testing.assert_close(value, stats_ref[key].float(), rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("space, layout", [(("discrete", 3), "separate"), (("continuous", 2), "shared")])
+def test_gradient_matches_finite_differences(space, layout):
+    """Independent of autograd: the derivative of the lean loss along random directions, float64."""
+    torch.manual_seed(0)
+    policy = ActorCritic(4, space, hidden=(8, 8), shared=layout == "shared", log_std_init=-0.2).double()
+    surrogate = Clip(0.2)
+    lean = LeanUpdate(policy, surrogate, vf_coef=0.5, ent_coef=0.05, value_clip=0.3, normalize_advantages=True)
+    batch = _batch(policy, 4, *space, dtype=torch.float64)
+    lean(batch)
+    grad = lean.flat_grad.clone()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        direction = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
+        h = 1e-6
+        with torch.no_grad():
+            for p, d in zip(params, direction, strict=True):
+                p.add_(h * d)
+            up = float(lean(batch)[0])
+            for p, d in zip(params, direction, strict=True):
+                p.sub_(2 * h * d)
+            down = float(lean(batch)[0])
+            for p, d in zip(params, direction, strict=True):
+                p.add_(h * d)
+        numeric = (up - down) / (2 * h)
+        analytic = float(grad @ torch.cat([d.flatten() for d in direction]))
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
+
+
+def test_flat_gradient_is_every_parameters_grad():
+    torch.manual_seed(0)
+    policy = ActorCritic(4, ("discrete", 2))
+    lean = LeanUpdate(policy, Clip(0.2), vf_coef=0.5, ent_coef=0.0, value_clip=None, normalize_advantages=True)
+    lean(_batch(policy, 4, "discrete", 2))
+    flat = torch.cat([p.grad.flatten() for p in policy.parameters()])
+    assert torch.equal(flat, lean.flat_grad)
+    reference = torch.nn.utils.get_total_norm([p.grad for p in policy.parameters()])
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in policy.parameters()]
+    for copy, p in zip(copies, policy.parameters(), strict=True):
+        copy.grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(copies, 0.01)
+    _, norm = clip_flat_(lean.flat_grad, 0.01, torch.zeros(()))
+    assert norm == pytest.approx(float(reference), rel=1e-6)
+    torch.testing.assert_close(torch.cat([c.grad.flatten() for c in copies]), lean.flat_grad)
+    assert float(lean.flat_grad.norm()) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_fused_adam_step_equals_adam_step():
+    torch.manual_seed(0)
+    shapes = [(2, 4, 8), (2, 1, 8), (3,)]
+    a = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    opt_a = torch.optim.Adam(a, lr=1e-2, eps=1e-5, fused=True)
+    opt_b = torch.optim.Adam(b, lr=1e-2, eps=1e-5, fused=True)
+    for step in range(4):
+        for p, q in zip(a, b, strict=True):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        opt_a.param_groups[0]["lr"] = opt_b.param_groups[0]["lr"] = 1e-2 / (step + 1)
+        opt_a.step()
+        fused_adam_step(opt_b)  # the first call initialises the state through opt_b.step()
+        for p, q in zip(a, b, strict=True):
+            assert torch.equal(p, q)
+    assert all(torch.equal(opt_a.state[p]["step"], opt_b.state[q]["step"]) for p, q in zip(a, b, strict=True))
+
+
+def test_fused_adam_step_defers_to_step_with_hooks_or_other_optimizers():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    calls = []
+    opt = torch.optim.Adam([p], lr=0.1, fused=True)
+    opt.register_step_pre_hook(lambda *_: calls.append("hook"))
+    fused_adam_step(opt)
+    fused_adam_step(opt)
+    assert calls == ["hook", "hook"]
+    sgd = torch.optim.SGD([p], lr=0.1)
+    fused_adam_step(sgd)
+    torch.testing.assert_close(p.detach(), torch.ones(3) - 0.2 - 0.1, atol=0.02, rtol=0)  # two Adam steps + SGD
+
+
+@pytest.mark.parametrize("surrogate, fragment", [
+    (KLPenalty(), "KLPenalty"), (GRPO(beta=0.1), "GRPO"), (Clip(0.2, aggregation="episode_mean"), "episode_mean")])
+def test_unsupported_combinations_are_named(surrogate, fragment):
+    reason = unsupported(ActorCritic(4, ("discrete", 2)), surrogate)
+    assert reason is not None and fragment in reason
+    with pytest.raises(ValueError, match="learner.gradients=lean does not cover"):
+        PolicyGradientModule(ActorCritic(4, ("discrete", 2)), surrogate, gradients="lean")
+    assert unsupported(ActorCritic(4, ("discrete", 2), activation="gelu"), Clip()) is not None
+    assert unsupported(ActorCritic(4, ("discrete", 2)), Clip(), clip_per_group=True) is not None

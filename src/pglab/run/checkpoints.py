@@ -5,25 +5,143 @@ DataModule state) plus ``ckpt["pglab"]``: the run's resolved config and Hydra gr
 the LR-schedule anchor, the W&B run id and the torch/numpy/python RNG states — all tensors and plain values,
 so ``torch.load(weights_only=True)`` reads it. pglab never loads a checkpoint any other way: a pickle can run
 arbitrary code when it is loaded.
+
+The stored config is data too, but it *names* code: ``_target_`` entries (the model, estimator, baseline,
+surrogate, loggers, callbacks), ``env.wrappers`` (dotted paths called on each env) and ``env.id="module:Id"`` (a module
+imported to register the env). A weights-only-clean file could otherwise name ``pydoc.pipepager`` or
+``os.system`` there and have it called. ``load_checkpoint`` therefore checks every name against an allowlist before
+anything is resolved: pglab's own modules, gymnasium's wrappers, Lightning's Trainer, loggers and callbacks (and, for
+``env.id``, gymnasium's and the ALE's env modules). Hydra's instantiate target policy is a blocklist of a few
+destructive calls, so it is no substitute. Anything else is refused with the fix: name the modules you trust in
+``PGLAB_TRUSTED_MODULES`` (comma-separated), or — when resuming — give the same setting on the command line (a
+target the command line's own config names is the user's, not the file's).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "check_finite_weights", "resume_config", "LOCKED_SECTIONS"]
+__all__ = ["CheckpointError", "load_checkpoint", "check_finite_weights", "resume_config", "LOCKED_SECTIONS",
+           "check_stored_config", "named_targets", "TRUSTED_TARGETS", "TRUSTED_ENV_MODULES", "TRUSTED_ENV_VAR"]
 
 
 class CheckpointError(Exception):
     """The checkpoint is missing, unreadable, unsafe, non-finite or not written by pglab training."""
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)``, no fallback; a pglab training checkpoint or CheckpointError."""
+# modules whose callables a checkpoint's config may name (``PGLAB_TRUSTED_MODULES`` adds more); the object a name
+# resolves to must be defined under one of them too
+TRUSTED_TARGETS = ("pglab", "gymnasium.wrappers", "lightning.pytorch.trainer", "lightning.pytorch.loggers",
+                   "lightning.pytorch.callbacks")
+_TRUSTED_ALIASES = ("lightning.Trainer", "lightning.pytorch.Trainer")  # re-exports of lightning.pytorch.trainer
+# modules an ``env.id="module:Id"`` may import (importing them registers envs): pglab's token tasks, the ALE
+TRUSTED_ENV_MODULES = ("pglab", "gymnasium", "ale_py", "shimmy")
+TRUSTED_ENV_VAR = "PGLAB_TRUSTED_MODULES"
+
+
+def _under(path: str, prefixes) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
+def named_targets(config) -> list[tuple[str, str, str]]:
+    """Every callable or module a config names: (where, kind, dotted name), kind ``target`` or ``env module``.
+
+    ``_target_`` values anywhere, ``env.wrappers`` string entries, and the module part of ``env.id="module:Id"``."""
+    found: list[tuple[str, str, str]] = []
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if key == "_target_":
+                    found.append((here, "target", value if isinstance(value, str) else repr(value)))
+                else:
+                    walk(value, here)
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(config, "")
+    env = config.get("env") if isinstance(config, dict) else None
+    if isinstance(env, dict):
+        for i, wrapper in enumerate(env.get("wrappers") or []):
+            if isinstance(wrapper, str) or not isinstance(wrapper, dict):
+                found.append((f"env.wrappers[{i}]", "target", wrapper if isinstance(wrapper, str) else repr(wrapper)))
+        env_id = env.get("id")
+        if isinstance(env_id, str) and ":" in env_id:
+            found.append(("env.id", "env module", env_id.split(":", 1)[0]))
+    return found
+
+
+def _trusted_extra() -> tuple[str, ...]:
+    return tuple(m.strip() for m in os.environ.get(TRUSTED_ENV_VAR, "").split(",") if m.strip())
+
+
+def _target_problem(name: str, prefixes: tuple[str, ...]) -> str | None:
+    """Why ``name`` may not be resolved (None when it may)."""
+    if not isinstance(name, str) or not name or any(not part.isidentifier() for part in name.split(".")):
+        return "not a dotted Python name"
+    if any(part.startswith("__") for part in name.split(".")):
+        return "it reaches into dunder attributes"
+    if not (_under(name, prefixes) or name in _TRUSTED_ALIASES):
+        return "outside the modules pglab trusts"
+    # an allowed prefix is not enough: ``pglab.envs.make.importlib.import_module`` walks through an allowed module
+    # to a foreign callable. Importing the allowed module is safe (trusted code); the object found must live there too
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(name)
+    except Exception as err:  # noqa: BLE001 - any failure to find it is a refusal, with its reason
+        return f"it cannot be found ({type(err).__name__}: {err})"
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        module = type(obj).__module__
+    if not _under(module, prefixes):
+        return f"it resolves to an object defined in {module!r}, outside the modules pglab trusts"
+    return None
+
+
+def check_stored_config(config: dict, path: str | Path, trusted: tuple[str, ...] = ()) -> None:
+    """Refuse (CheckpointError) a stored config that names any callable or module outside the allowlist.
+
+    ``trusted``: further dotted names the caller vouches for (a resumed run's own command-line config's targets).
+    Nothing outside the allowlist is imported: the check is on the name first."""
+    targets = TRUSTED_TARGETS + _trusted_extra()
+    env_modules = TRUSTED_ENV_MODULES + _trusted_extra()
+    problems, refused = [], []
+    for where, kind, name in named_targets(config):
+        if name in trusted:
+            continue
+        if kind == "env module":
+            if not _under(name, env_modules):
+                problems.append(f"{where} imports module {name!r}, outside the env modules pglab trusts "
+                                f"({', '.join(TRUSTED_ENV_MODULES)})")
+                refused.append(name)
+            continue
+        why = _target_problem(name, targets)
+        if why:
+            problems.append(f"{where} = {name!r}: {why}")
+            refused.append(name)
+    if problems:
+        module = (refused[0].split(".")[0] if refused[0].split(".")[0].isidentifier() else "") or "yourmodule"
+        raise CheckpointError(
+            f"{path}: its stored config names code that loading it would run, and a checkpoint is data, so pglab "
+            "refuses it:\n  - " + "\n  - ".join(problems[:8]) + ("\n  - ..." if len(problems) > 8 else "") +
+            f"\n  pglab resolves only {', '.join(TRUSTED_TARGETS)} from a checkpoint. If you wrote this checkpoint "
+            f"and trust its code: name the module in {TRUSTED_ENV_VAR} (e.g. {TRUSTED_ENV_VAR}={module}), or, to "
+            "resume, give the same settings explicitly on the command line")
+
+
+def load_checkpoint(path: str | Path, trusted: tuple[str, ...] = ()) -> dict:
+    """``torch.load(weights_only=True)``, no fallback; a pglab training checkpoint or CheckpointError.
+
+    The stored config is checked before anything it names is resolved (``check_stored_config``); ``trusted``: dotted
+    names the caller vouches for."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -49,6 +167,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(config, dict) or "env" not in config or "model" not in config:
         raise CheckpointError(f"{path} was not written by pglab training (no ckpt['pglab']['config'] with env and "
                               "model sections)")
+    check_stored_config(config, path, trusted)
     return ckpt
 
 

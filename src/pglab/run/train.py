@@ -30,15 +30,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
-from pglab.run.checkpoints import CheckpointError, load_checkpoint, resume_config
-from pglab.run.checks import ConfigError, check_combination, check_types
-from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
 from pglab.envs.make import EnvConfig, require_video_support
+from pglab.learner.module import NonFiniteError, PolicyGradientModule
+from pglab.models.build import build_policy
+from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
+from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
+from pglab.run.checkpoints import CheckpointError, load_checkpoint, named_targets, resume_config
+from pglab.run.checks import ConfigError, check_combination, check_types
 from pglab.run.hydra_callbacks import mark_failed
 from pglab.run.loggers import finish_wandb, sync_hint
-from pglab.learner.module import NonFiniteError, PolicyGradientModule
-from pglab.models.mlp import build_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -224,10 +224,12 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     if cfg.ckpt_path is None:
         return cfg, None
     try:
-        ckpt = load_checkpoint(cfg.ckpt_path)
+        current = OmegaConf.to_container(cfg, resolve=True)
+        # the command line's own config is the user's: a target it names is trusted in the checkpoint's too
+        ckpt = load_checkpoint(cfg.ckpt_path, trusted=tuple(name for _, _, name in named_targets(current)))
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         payload = ckpt["pglab"]
-        merged = resume_config(OmegaConf.to_container(cfg, resolve=True), payload["config"], overrides,
+        merged = resume_config(current, payload["config"], overrides,
                                payload.get("choices"))
     except CheckpointError as err:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {err}") from err

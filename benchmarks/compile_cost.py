@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from pglab.rollout.datamodule import Batch
+from pglab.core.surrogates import Clip
+from pglab.core.types import Batch
 from pglab.learner.module import PolicyGradientModule
 from pglab.models.mlp import ActorCritic
-from pglab.core.surrogates import Clip
 
 
 def batch(rows: int) -> Batch:

@@ -34,11 +34,12 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
-from pglab.rollout.datamodule import Batch
 from pglab.accel.lean import LeanUpdate, clip_flat_, fused_adam_step
-from pglab.learner.module import PolicyGradientModule
-from pglab.models.mlp import ActorCritic, CategoricalHead, EvalOutput, GaussianHead, mlp
+from pglab.core.distributions import CategoricalHead, GaussianHead
 from pglab.core.surrogates import Clip
+from pglab.core.types import Batch, EvalOutput
+from pglab.learner.module import PolicyGradientModule
+from pglab.models.mlp import ActorCritic, mlp
 
 CLOCK = time.thread_time  # CPU time of this thread (see the module docstring)
 BATCH = 128

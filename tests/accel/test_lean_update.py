@@ -1,8 +1,10 @@
 """The lean update (pglab.accel.lean) against references computed another way.
 
-- Loss, every parameter gradient and every diagnostic against autograd through the modular loss
-  (``PolicyGradientModule.loss_and_stats``: the network's ``evaluate``, the surrogate class, ``value_loss``),
-  over heads, trunk layouts, depths, activations, surrogates, value clipping, normalisation, entropy and padding.
+- Loss, every parameter gradient and every diagnostic against autograd through the reference loss
+  (``pglab.learner.loss``: the network's ``evaluate``, the surrogate class, ``value_loss``), over heads, trunk
+  layouts, depths, activations, surrogates, value clipping, normalisation, entropy and padding — on batches whose
+  log-ratios span [−3.5, 3.5] with advantages of both signs, so every branch of the clip formula is taken (a changed
+  formula fails: ``test_a_changed_clip_formula_is_seen``).
 - The hand-derived gradient against central finite differences of the lean loss itself, in float64.
 - ``fused_adam_step`` against ``torch.optim.Adam.step`` (bit for bit), and its fallbacks.
 """
@@ -14,17 +16,18 @@ import itertools
 import pytest
 import torch
 
-from pglab.rollout.datamodule import Batch
 from pglab.accel.lean import LeanUpdate, clip_flat_, fused_adam_step, unsupported
+from pglab.core.surrogates import GRPO, Clip, Importance, KLPenalty, Reinforce
+from pglab.core.types import Batch
 from pglab.learner.module import PolicyGradientModule
 from pglab.models.mlp import ActorCritic
-from pglab.core.surrogates import GRPO, Clip, Importance, KLPenalty, Reinforce
 
 
 def _batch(policy: ActorCritic, obs_dim: int, kind: str, size: int, n: int = 24, pad: int = 5,
            dtype=torch.float32) -> Batch:
-    """A minibatch whose old policy is a perturbation of ``policy`` (ratios spread on both sides of the clip
-    range), with ``pad`` padding rows at the end."""
+    """A minibatch whose old policy is ``policy`` shifted by log-ratios spread evenly over [−3.5, 3.5] (ratios e^±3.5,
+    far outside the clip range on both sides), advantages alternating in sign, old values ±1 around V (the value
+    clip active on some rows), and ``pad`` padding rows at the end."""
     g = torch.Generator().manual_seed(1)
     obs = torch.randn(n, obs_dim, generator=g, dtype=dtype)
     if kind == "discrete":
@@ -35,9 +38,12 @@ def _batch(policy: ActorCritic, obs_dim: int, kind: str, size: int, n: int = 24,
         out = policy.evaluate(obs, actions)
     mask = torch.ones(n, dtype=dtype)
     mask[n - pad:] = 0
-    return Batch(obs=obs, actions=actions, logp_old=out.logp + 0.3 * torch.randn(n, generator=g, dtype=dtype),
-                 values_old=out.values + 0.5 * torch.randn(n, generator=g, dtype=dtype),
-                 dist_params_old=out.dist_params, advantages=torch.randn(n, generator=g, dtype=dtype) * 2 + 0.5,
+    log_ratio = torch.linspace(-3.5, 3.5, n, dtype=dtype)[torch.randperm(n, generator=g)]
+    signs = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0).to(dtype)
+    return Batch(obs=obs, actions=actions, logp_old=out.logp - log_ratio,
+                 values_old=out.values + torch.linspace(-1.0, 1.0, n, dtype=dtype)[torch.randperm(n, generator=g)],
+                 dist_params_old=out.dist_params,
+                 advantages=signs * (torch.rand(n, generator=g, dtype=dtype) * 2 + 0.2),
                  targets=out.values + torch.randn(n, generator=g, dtype=dtype), mask=mask,
                  episode_ids=torch.arange(n) % 3, num_episodes=3)
 
@@ -85,14 +91,17 @@ def test_loss_gradient_and_diagnostics_match_autograd(space, hidden, activation,
     loss_ref, stats_ref = module.loss_and_stats(batch)
     grads_ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
 
+    with torch.no_grad():
+        ratio = (policy.evaluate(batch.obs, batch.actions).logp - batch.logp_old).exp()[batch.mask > 0]
+    assert float(ratio.min()) < 0.05 and float(ratio.max()) > 20  # e^±3: far outside any clip range
     loss, diagnostics = lean(batch)
-    stats = lean.stats([diagnostics])
+    stats = lean.named(diagnostics)
     torch.testing.assert_close(loss, loss_ref.detach(), rtol=1e-5, atol=1e-6)
     for (name, _), p, ref in zip(policy.named_parameters(), params, grads_ref, strict=True):
         ref = torch.zeros_like(p) if ref is None else ref
         torch.testing.assert_close(p.grad, ref, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     assert sorted(lean.keys) == sorted(stats_ref), "the lean update logs the autograd update's diagnostics"
-    for key, value in zip(lean.keys, stats, strict=True):
+    for key, value in stats.items():
         torch.testing.assert_close(value, stats_ref[key].float(), rtol=1e-5, atol=1e-6,
                                    msg=lambda m, k=key: f"{k}: {m}")
 
@@ -177,6 +186,28 @@ def test_fused_adam_step_defers_to_step_with_hooks_or_other_optimizers():
     torch.testing.assert_close(p.detach(), torch.ones(3) - 0.2 - 0.1, atol=0.02, rtol=0)  # two Adam steps + SGD
 
 
+class DualClip(Clip):
+    """Dual-clip PPO (Ye et al. 2020): for A < 0 the objective is also bounded below by c·A (c = 3). It claims the
+    clip formula, as a careless fork would: the lean update does not implement it, and the batches above must show
+    that (ratios beyond c on negative advantages)."""
+
+    lean_formula = "clip"
+
+    def per_token(self, batch, ratio):
+        loss, stats = super().per_token(batch, ratio)
+        dual = torch.minimum(loss, -3.0 * batch.advantages)  # loss = −objective: max(obj, c·A) for A < 0
+        return torch.where(batch.advantages < 0, dual, loss), stats
+
+
+def test_a_changed_clip_formula_is_seen():
+    """The test batches reach the region where dual-clip and clip differ: the lean update must disagree there."""
+    policy, module, lean = _pair(5, ("discrete", 3), (16,), "tanh", "separate", DualClip(0.2))
+    batch = _batch(policy, 5, "discrete", 3)
+    loss_ref, _ = module.loss_and_stats(batch)
+    loss, _ = lean(batch)
+    assert abs(float(loss) - float(loss_ref)) > 1e-3
+
+
 @pytest.mark.parametrize("surrogate, fragment", [
     (KLPenalty(), "KLPenalty"), (GRPO(beta=0.1), "GRPO"), (Clip(0.2, aggregation="episode_mean"), "episode_mean")])
 def test_unsupported_combinations_are_named(surrogate, fragment):
@@ -184,5 +215,7 @@ def test_unsupported_combinations_are_named(surrogate, fragment):
     assert reason is not None and fragment in reason
     with pytest.raises(ValueError, match="learner.gradients=lean does not cover"):
         PolicyGradientModule(ActorCritic(4, ("discrete", 2)), surrogate, gradients="lean")
+    # a subclass does not inherit the declaration: it must claim the formula itself (and is then verified)
+    assert "declares no lean_formula" in unsupported(ActorCritic(4, ("discrete", 2)), type("MyClip", (Clip,), {})())
     assert unsupported(ActorCritic(4, ("discrete", 2), activation="gelu"), Clip()) is not None
     assert unsupported(ActorCritic(4, ("discrete", 2)), Clip(), clip_per_group=True) is not None

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
-from pglab.run.checks import ConfigError
-from pglab.rollout.datamodule import NonFiniteRolloutError
 from pglab.learner.module import NonFiniteError
+from pglab.rollout.datamodule import NonFiniteRolloutError
+from pglab.run.checks import ConfigError
 from pglab.run.train import build
 
 # key -> the values the fuzz draws for it (as a user types them on the command line)

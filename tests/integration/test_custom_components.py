@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pglab.run.checks import ConfigError
 from pglab.core.surrogates import Surrogate
+from pglab.run.checks import ConfigError
 from pglab.run.train import build
 
 HERE = __name__  # pytest imports this file as a top-level module: its functions are _target_s

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pglab.envs.make import EnvConfig, make_vector_env
 from pglab.core.estimators import gae, reward_to_go
-from pglab.models.mlp import ActOutput
+from pglab.core.types import ActOutput
+from pglab.envs.make import EnvConfig, make_vector_env
 from pglab.rollout.collectors import EpisodeCollector, SegmentCollector
 from pglab.run.train import build
 

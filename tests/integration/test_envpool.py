@@ -21,10 +21,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     envpool = pytest.importorskip("envpool", reason="envpool not installed (pip install 'pglab[envpool]')")
 
+from pglab.core.estimators import gae  # noqa: E402
+from pglab.core.types import ActOutput  # noqa: E402
 from pglab.envs.envpool import envpool_task_id  # noqa: E402
 from pglab.envs.make import EnvConfig, make_vector_env  # noqa: E402
-from pglab.core.estimators import gae  # noqa: E402
-from pglab.models.mlp import ActOutput  # noqa: E402
 from pglab.rollout.collectors import SegmentCollector  # noqa: E402
 
 N, T, LIMIT, SEED = 4, 300, 15, 7

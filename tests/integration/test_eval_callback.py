@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from gymnasium.wrappers import vector as vw
 
+from pglab.envs.make import find_wrapper
 from pglab.run.callbacks import EvalCallback
 from pglab.run.checks import ConfigError
-from pglab.envs.make import find_wrapper
 from pglab.run.loggers import finish_wandb
 from pglab.run.train import build
 

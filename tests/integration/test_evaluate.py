@@ -17,8 +17,8 @@ import torch
 from gymnasium.wrappers import vector as vw
 
 from pglab.envs.make import find_wrapper
-from pglab.tools.evaluate import CheckpointError, load_checkpoint, make_eval_envs
 from pglab.models.mlp import ActorCritic
+from pglab.tools.evaluate import CheckpointError, load_checkpoint, make_eval_envs
 
 SEED = 777
 EPISODES = 5

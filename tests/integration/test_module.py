@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pglab.rollout.datamodule import Batch
+from pglab.core.surrogates import Clip, KLPenalty
+from pglab.core.types import Batch
 from pglab.learner.module import PolicyGradientModule
 from pglab.models.mlp import ActorCritic
-from pglab.core.surrogates import Clip, KLPenalty
 from pglab.run.train import build
 
 

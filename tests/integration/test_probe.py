@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pglab.core.surrogates import Reinforce, SurrogateInput
+from pglab.models.build import InferenceActor
 from pglab.tools.evaluate import build_checkpoint_policy, load_checkpoint
 from pglab.tools.probe import (
     Configuration,
@@ -29,7 +31,6 @@ from pglab.tools.probe import (
     make_probe_envs,
     policy_parameters,
 )
-from pglab.core.surrogates import Reinforce, SurrogateInput
 
 TINY = ["batches=4", "batch_steps=512", "reference_steps=8192", "nstep_ks=[1,5]", "gae_lams=[0.0,0.9,1.0]"]
 
@@ -103,7 +104,7 @@ def test_batch_gradients_equal_the_reinforce_surrogate(run_dir):
     envs = make_probe_envs(ckpt, 4)
     try:
         policy = build_checkpoint_policy(ckpt, envs)
-        actor = policy.fused_actor()
+        actor = InferenceActor(policy)
         torch.manual_seed(0)
         full = collect_batch(envs, actor.act, actor.value, 64, 500, seed=3, param_dim=policy.head.param_dim)
     finally:

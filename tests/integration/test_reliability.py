@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
-from pglab.run.checks import ConfigError
-from pglab.rollout.datamodule import Batch, NonFiniteRolloutError
-from pglab.tools.evaluate import evaluate
 from pglab.accel.lean import LeanUpdate
+from pglab.core.surrogates import KLPenalty
+from pglab.core.types import Batch
 from pglab.learner.module import NonFiniteError, PolicyGradientModule
 from pglab.models.mlp import ActorCritic
-from pglab.core.surrogates import KLPenalty
+from pglab.rollout.datamodule import NonFiniteRolloutError
+from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
+from pglab.run.checks import ConfigError
 from pglab.run.train import build
+from pglab.tools.evaluate import evaluate
 
 FAST = ["eval.enabled=false", "checkpoint.enabled=false", "trainer.enable_progress_bar=false"]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

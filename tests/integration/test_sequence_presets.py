@@ -18,14 +18,17 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
 from pglab.core.baselines import group_baseline
-from pglab.rollout.datamodule import OnPolicyDataModule, _MinibatchDataset, compute_advantages
-from pglab.envs.make import EnvConfig
 from pglab.core.estimators import trajectory_return
-from pglab.rollout.collectors import EpisodeCollector
 from pglab.core.surrogates import GSPO, SurrogateInput
+from pglab.envs.make import EnvConfig
 from pglab.envs.tokens import ReverseEnv
-from pglab.run.train import build
+from pglab.models.build import InferenceActor
 from pglab.models.transformer import TransformerPolicy
+from pglab.rollout.advantages import compute_advantages
+from pglab.rollout.collectors import EpisodeCollector
+from pglab.rollout.datamodule import OnPolicyDataModule
+from pglab.rollout.minibatches import MinibatchDataset as _MinibatchDataset
+from pglab.run.train import build
 
 PRESETS = ["reverse_grpo", "reverse_gspo", "reverse_drgrpo", "reverse_ppo", "reverse_reinforce"]
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +70,7 @@ def test_gspo_sequence_ratio_is_the_geometric_mean_over_each_answers_own_tokens(
     envs = vw.RecordEpisodeStatistics(envs)
     old = TransformerPolicy(vocab_size=8, seq_len=10, num_actions=6, d_model=16, num_layers=1, num_heads=2)
     collector = EpisodeCollector(envs, num_groups=3, group_size=2, max_steps=5, param_dim=6, seed=0)
-    actor = old.fused_actor()
+    actor = InferenceActor(old)
     rollout = collector.collect(actor.act, actor.value)
     envs.close()
     lengths = rollout.valid.sum(0)

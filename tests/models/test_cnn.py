@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from pglab.models.build import InferenceActor, build_policy
 from pglab.models.cnn import CNNActorCritic, image_layout, nature_encoder
-from pglab.models.mlp import build_policy
 
 ATARI = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 
@@ -32,7 +32,7 @@ def test_interface_and_shapes_discrete():
     torch.testing.assert_close(ev.logp, out.logp)
     assert ev.entropy.shape == (3,) and policy.value(obs).shape == (3,) and policy.has_value
     assert policy.kl(ev.dist_params, ev.dist_params).abs().max() < 1e-6
-    fused = policy.fused_actor()
+    fused = InferenceActor(policy)
     torch.testing.assert_close(fused.value(obs), policy.value(obs).detach())
     assert not fused.act(obs).logp.requires_grad
     # shared trunk by default: one encoder; shared=false adds a second one for V

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pglab.core.surrogates import Clip
 from pglab.learner.module import PolicyGradientModule
 from pglab.models.mlp import ActorCritic
-from pglab.core.surrogates import Clip
 
 
 def _losses(net, obs, actions):
@@ -54,7 +54,7 @@ def test_shared_trunk_counts_the_trunk_as_the_policys():
     policy, value = net.gradient_groups()
     total = _norm([p.grad for p in net.parameters()])
     assert _norm(policy) ** 2 + _norm(value) ** 2 == pytest.approx(total**2, rel=1e-5)
-    value_head = net.out.weight.grad[:, -1:], net.out.bias.grad[-1:]
+    value_head = net.value_out.weight.grad, net.value_out.bias.grad
     assert _norm(value) == pytest.approx(_norm(value_head), rel=1e-6)
 
 

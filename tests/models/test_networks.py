@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal, kl_divergence
 
-from pglab.models.mlp import ActorCritic, CategoricalHead, GaussianHead
+from pglab.core.distributions import CategoricalHead, GaussianHead
+from pglab.models.mlp import ActorCritic
 
 
 def test_categorical_matches_torch_distributions():
@@ -59,12 +60,12 @@ def test_no_value_head_gives_zero_values():
     assert torch.equal(out.values, torch.zeros(5)) and out.actions.shape == (5, 2)
 
 
-# -- the fused ActorCritic against an independently built unfused network -------------------------------------
+# -- the ActorCritic against an independently written network ---------------------------------------------------
 
 class UnfusedReference(nn.Module):
-    """The pre-fusion structure, written out: plain nn.Sequential trunks, nn.Linear heads, torch.distributions.
+    """The same structure written out independently: nn.Sequential trunks, nn.Linear heads, torch.distributions.
 
-    Its attribute names are those of the unfused ActorCritic, so its state_dict has the old checkpoint keys.
+    Its attribute names are the ActorCritic's, so its state_dict loads into one.
     """
 
     def __init__(self, obs_dim, kind, size, hidden, shared, value_head, orthogonal=False):
@@ -116,33 +117,6 @@ class UnfusedReference(nn.Module):
         return logp, entropy, values, mode
 
 
-def _fused_grads_as_reference(net, ref):
-    """The fused network's gradients rearranged into the reference's parameters, by the layout ActorCritic
-    documents (trunk.i.weight [2, in, out] or [in, out]; out.weight [2, feat, P] or [feat, P (+1)])."""
-    grads = {}
-    stacked = ref.value_trunk is not None and len(ref.policy_trunk) > 0
-    for i, layer in enumerate(net.trunk):
-        w, b = layer.weight.grad, layer.bias.grad
-        grads[f"policy_trunk.{2 * i}.weight"] = (w[0] if stacked else w).t()
-        grads[f"policy_trunk.{2 * i}.bias"] = (b[0, 0] if stacked else b)
-        if stacked:
-            grads[f"value_trunk.{2 * i}.weight"], grads[f"value_trunk.{2 * i}.bias"] = w[1].t(), b[1, 0]
-    w, b = net.out.weight.grad, net.out.bias.grad
-    size = ref.size
-    if stacked:
-        grads["head.linear.weight"], grads["head.linear.bias"] = w[0].t(), b[0, 0]
-        grads["value_out.weight"], grads["value_out.bias"] = w[1, :, :1].t(), b[1, 0, :1]
-        # the value block's padding columns feed nothing: exactly zero gradient, so they stay zero
-        assert torch.count_nonzero(w[1, :, 1:]) == 0 and torch.count_nonzero(b[1, 0, 1:]) == 0
-    else:
-        grads["head.linear.weight"], grads["head.linear.bias"] = w[:, :size].t(), b[:size]
-        if ref.value_out is not None:
-            grads["value_out.weight"], grads["value_out.bias"] = w[:, size:].t(), b[size:]
-    if ref.kind == "continuous":
-        grads["head.log_std"] = net.head.log_std.grad
-    return grads
-
-
 CASES = [(kind, hidden, shared, value_head)
          for kind in ("discrete", "continuous")
          for hidden in ((), (16,), (16, 8), (16, 12, 8))
@@ -150,12 +124,12 @@ CASES = [(kind, hidden, shared, value_head)
 
 
 @pytest.mark.parametrize(("kind", "hidden", "shared", "value_head"), CASES)
-def test_fused_network_matches_unfused_reference(kind, hidden, shared, value_head):
+def test_network_matches_an_independent_reference(kind, hidden, shared, value_head):
     torch.manual_seed(3)
     obs_dim, size, batch = 5, 3, 32
     ref = UnfusedReference(obs_dim, kind, size, hidden, shared, value_head).double()
     net = ActorCritic(obs_dim, (kind, size), hidden=hidden, shared=shared, value_head=value_head).double()
-    net.load_state_dict(ref.state_dict())  # the unfused keys: old checkpoints load into the fused layout
+    net.load_state_dict(ref.state_dict())
     obs = torch.randn(batch, obs_dim, dtype=torch.float64)
     actions = torch.randint(0, size, (batch,)) if kind == "discrete" else torch.randn(batch, size, dtype=torch.float64)
     ref_logp, ref_entropy, ref_values, ref_mode = ref(obs, actions)
@@ -168,8 +142,6 @@ def test_fused_network_matches_unfused_reference(kind, hidden, shared, value_hea
     greedy = net.act(obs, deterministic=True)
     torch.testing.assert_close(greedy.actions, ref_mode)
     torch.testing.assert_close(greedy.values, out.values)
-    # the inspection views read the policy block (old call sites: head.linear(policy_trunk(obs)))
-    torch.testing.assert_close(net.head.linear(net.policy_trunk(obs)), ref.head.linear(ref.policy_trunk(obs)))
 
     # gradients of a loss that weighs every output differently, through both networks
     weights = torch.randn(3, batch, dtype=torch.float64)
@@ -181,24 +153,18 @@ def test_fused_network_matches_unfused_reference(kind, hidden, shared, value_hea
     loss(ref_logp, ref_entropy, ref_values).backward()
     loss(out.logp, out.entropy, out.values if value_head else None).backward()
     expected = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in ref.named_parameters()}
-    got = _fused_grads_as_reference(net, ref)
+    got = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in net.named_parameters()}
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], msg=name)
-
-    # the collection snapshot computes the same function
-    fused = net.fused_actor()
-    snap = fused.act(obs, deterministic=True)
-    torch.testing.assert_close(snap.actions, ref_mode)
-    torch.testing.assert_close(snap.logp, net.act(obs, deterministic=True).logp)
-    torch.testing.assert_close(fused.value(obs), out.values)
 
 
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 @pytest.mark.parametrize(("hidden", "shared", "value_head"),
                          [((64, 64), False, True), ((64, 64), True, True), ((32,), False, False), ((), False, True)])
-def test_initialisation_is_the_unfused_one(kind, hidden, shared, value_head):
-    """Same seed → the same weights the unfused network drew (orthogonal √2 trunks, 0.01 / 1.0 heads, zero bias)."""
+def test_initialisation_is_orthogonal_in_construction_order(kind, hidden, shared, value_head):
+    """Same seed → the same weights as drawn in construction order (policy trunk, head, value trunk, value head;
+    orthogonal √2 trunks, 0.01 / 1.0 heads, zero bias)."""
     torch.manual_seed(7)
     net = ActorCritic(4, (kind, 2), hidden=hidden, shared=shared, value_head=value_head)
     torch.manual_seed(7)
@@ -219,23 +185,26 @@ def test_initialisation_is_the_unfused_one(kind, hidden, shared, value_head):
 def test_shared_trunk_means_one_trunk(shared):
     torch.manual_seed(0)
     net = ActorCritic(4, ("discrete", 2), hidden=(8, 8), shared=shared)
+    assert (net.value_trunk is None) == shared
     obs = torch.randn(3, 4)
     net.evaluate(obs, torch.zeros(3, dtype=torch.long)).values.sum().backward()
     # with a shared trunk the value loss reaches the policy's weights; with separate ones it does not
-    first = net.trunk[0].weight.grad
-    policy_grad = first if shared else first[0]
-    assert bool(policy_grad.abs().sum() > 0) == shared
+    assert (net.policy_trunk[0].weight.grad is not None) == shared
     if not shared:
-        assert bool(first[1].abs().sum() > 0)
+        assert bool(net.value_trunk[0].weight.grad.abs().sum() > 0)
 
 
 def test_deepcopy_is_independent():
-    """The frozen reference policy is a deepcopy: its head view must read its own weights."""
+    """The frozen reference policy is a deepcopy: it must read its own weights."""
     net = ActorCritic(4, ("discrete", 2), hidden=(8,))
     copy_ = copy.deepcopy(net)
     with torch.no_grad():
-        net.out.weight.add_(1.0)
+        net.head.linear.weight[0].add_(1.0)
     obs = torch.randn(6, 4)
-    assert not torch.allclose(net.head.linear(net.policy_trunk(obs)), copy_.head.linear(copy_.policy_trunk(obs)))
-    own = torch.log_softmax(copy_.head.linear(copy_.policy_trunk(obs)), -1)
-    torch.testing.assert_close(own, copy_.evaluate(obs, torch.zeros(6, dtype=torch.long)).dist_params)
+    assert not torch.allclose(net.act(obs, True).dist_params, copy_.act(obs, True).dist_params)
+
+
+def test_an_old_fused_checkpoint_is_refused_with_a_reason():
+    state = {"trunk.0.weight": torch.zeros(4, 64), "out.weight": torch.zeros(64, 3)}
+    with pytest.raises(RuntimeError, match="older pglab network layout"):
+        ActorCritic(4, ("discrete", 2)).load_state_dict(state)

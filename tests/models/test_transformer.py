@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from pglab.models.mlp import build_policy
 from pglab.envs.tokens import ReverseEnv, teacher_batch
+from pglab.models.build import InferenceActor, build_policy
 from pglab.models.transformer import TransformerPolicy, token_layout
 
 
@@ -38,7 +38,7 @@ def test_layout_and_output_shapes():
     assert ev.logp.shape == ev.entropy.shape == ev.values.shape == (B,) and ev.dist_params.shape == (B, 7)
     assert policy.value(obs).shape == (B,) and policy.has_value
     assert policy.logits(obs[:, :-1].long()).shape == (B, env.seq_len, 7)
-    fused = policy.fused_actor()
+    fused = InferenceActor(policy)
     torch.testing.assert_close(fused.act(obs, deterministic=True).actions, out.dist_params.argmax(-1))
     torch.testing.assert_close(fused.value(obs), ev.values)
 

@@ -1,11 +1,11 @@
 """The lean learner update: one PPO/PG minibatch update with hand-derived gradients, no autograd.
 
-Why. A CartPole-sized update (two 64-64 MLPs, 128 rows) is tens of microseconds of arithmetic wrapped in
-550–770 profiled operator calls of eager PyTorch forward, autograd and optimiser bookkeeping
-(``benchmarks/update_cost.py``). Each costs a few µs of dispatch, so the update costs what its operator count
-costs. This module computes the same loss and its exact gradient in under a third of the operator calls:
+Why. A CartPole-sized update (two 64-64 MLPs, 128 rows) is tens of microseconds of arithmetic wrapped in hundreds
+of eager operator calls (forward, autograd, optimiser bookkeeping), each with a fixed dispatch cost, so the update
+costs what its operator count costs (``benchmarks/update_cost.py``). This module computes the same loss and its
+exact gradient in a fraction of the operator calls:
 
-- forward: one matmul + one activation per layer of the fused ``ActorCritic`` (both trunks in one ``baddbmm``);
+- forward: one ``addmm`` + one activation per layer of the reference network's own ``nn.Linear`` parameters;
 - the gradient of the loss with respect to the network's outputs in closed form (below), then the network's
   backward as one matmul per weight, one reduction per bias and one ``tanh_backward``/``threshold_backward`` per
   layer, written straight into views of one flat gradient buffer (``out=``);
@@ -18,17 +18,15 @@ The math, per real row i with weight w_i = m_i / Σm (masked means), ρ_i = exp(
 
     L = Σ_i w_i ℓ_i  −  c_e Σ_i w_i H_i  +  c_v · ½ Σ_i w_i (V_i − G_i)²
 
-    ∂L/∂ log π_i = w_i · g_i,  g_i = −Â_i ρ_i [ρ_i Â_i ≤ clip(ρ_i)Â_i] (Clip), −Â_i ρ_i (Importance), −Â_i (Reinforce)
+    ∂L/∂ log π_i = w_i · g_i,  g_i = −Â_i ρ_i [ρ_i Â_i ≤ clip(ρ_i)Â_i] (clip), −Â_i ρ_i (importance), −Â_i (reinforce)
     categorical, logits z:  ∂ log π(a)/∂z = onehot(a) − p,   ∂(−H)/∂z = p ⊙ (log p + H)
     Gaussian, mean μ, log σ: ∂ log π/∂μ = (a − μ)/σ²,  ∂ log π/∂ log σ = z² − 1 (z = (a − μ)/σ),  ∂H/∂ log σ = 1
     value: ∂/∂V_i = c_v w_i (V_i − G_i)   (clipped form: the branch torch.maximum takes, 0 where the clamp is active)
 
-Scope: what ``unsupported`` accepts — ``ActorCritic`` (tanh or relu, any depth, shared or separate trunks,
-with or without a value head, categorical or Gaussian head) with the ``Clip``, ``Importance`` or ``Reinforce``
-surrogate aggregated by token mean or episode sum, optional value clipping and advantage normalisation. Everything else
-(KL penalty, GRPO/GSPO, other aggregations, CNN/transformer policies, per-group clipping, ``learner.compile``)
-uses the autograd update, which is the reference this one is tested against
-(``tests/unit/test_lean_update.py``: loss, every gradient and every diagnostic, to float32 rounding).
+Which surrogate formula applies is the surrogate's own declaration, ``lean_formula`` (``clip``, ``importance`` or
+``reinforce``), set on its class itself — a subclass does not inherit it. A declaration is a claim, not proof:
+``pglab.accel.verify`` checks loss, every gradient and every diagnostic against the autograd reference before the
+first env step, and the reference runs instead when they differ. Which networks: what ``mlp_layout`` accepts.
 
 Pure torch: no Lightning, Hydra or gymnasium here.
 """
@@ -41,31 +39,42 @@ import torch
 from torch import Tensor
 from torch.optim import optimizer as optim_module
 
-from pglab.rollout.datamodule import Batch
-from pglab.models.mlp import ActorCritic, CategoricalHead
-from pglab.core.surrogates import Clip, Importance, Reinforce, Surrogate
+from pglab.accel.structure import MLPLayout, mlp_layout
+from pglab.core.surrogates import Surrogate
+from pglab.core.types import Batch
 
-__all__ = ["LeanUpdate", "unsupported", "fused_adam_step", "GRADIENT_MODES"]
+__all__ = ["LeanUpdate", "unsupported", "lean_formula", "fused_adam_step", "clip_flat_", "GRADIENT_MODES",
+           "LEAN_FORMULAS"]
 
 GRADIENT_MODES = ("auto", "lean", "autograd")
-_SURROGATES = {Clip: "clip", Importance: "importance", Reinforce: "reinforce"}
+LEAN_FORMULAS = ("clip", "importance", "reinforce")
 # the derivative of each activation from its output h: tanh' = 1 − h², relu' = [h > 0]
 _ACTIVATION_BACKWARD = {"tanh": torch.ops.aten.tanh_backward,
                         "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)}
+_ACTIVATION_FORWARD = {"tanh": torch.tanh_, "relu": torch.relu_}
+
+
+def lean_formula(surrogate: Surrogate) -> str | None:
+    """The formula the surrogate's own class declares the lean update implements (not inherited: a subclass that
+    overrides ``per_token`` must declare it again, and is then verified like any other)."""
+    return type(surrogate).__dict__.get("lean_formula")
 
 
 def unsupported(policy, surrogate: Surrogate, *, clip_per_group: bool = False, compile: bool = False) -> str | None:
-    """Why the lean update cannot run this configuration (None: it can)."""
-    if type(policy) is not ActorCritic:
-        return f"the policy is a {type(policy).__name__}, not the MLP ActorCritic"
-    if policy.activation not in _ACTIVATION_BACKWARD:
-        return f"model.activation={policy.activation} (the lean update derives tanh and relu)"
-    if type(surrogate) not in _SURROGATES:
-        return f"the {type(surrogate).__name__} surrogate (the lean update derives clip, importance and reinforce)"
+    """Why the lean update cannot run this configuration (None: it can, subject to the start-up check)."""
+    layout = mlp_layout(policy)
+    if isinstance(layout, str):
+        return layout
+    formula = lean_formula(surrogate)
+    if formula is None:
+        return (f"the {type(surrogate).__name__} surrogate declares no lean_formula (the lean update derives "
+                f"{', '.join(LEAN_FORMULAS)})")
+    if formula not in LEAN_FORMULAS:
+        return f"{type(surrogate).__name__}.lean_formula={formula!r} is not one of {LEAN_FORMULAS}"
     if surrogate.aggregation not in ("token_mean", "episode_sum"):
         return f"aggregation={surrogate.aggregation} (the lean update derives token_mean and episode_sum)"
-    if surrogate.needs_reference:
-        return "a surrogate with a reference policy"
+    if surrogate.needs_reference or surrogate.needs_analytic_kl:
+        return "a surrogate with a reference policy or an analytic-KL term"
     if clip_per_group:
         return "learner.clip_per_group=true"
     if compile:
@@ -77,50 +86,53 @@ class LeanUpdate:
     """Loss, diagnostics and gradient of one minibatch for an ``ActorCritic`` (see the module docstring).
 
     ``__call__(batch, prepared)`` writes the gradient into ``self.flat_grad`` (every parameter's ``.grad`` is a
-    view of it) and returns the loss [] and the update's raw diagnostics; ``stats`` turns a list of those into the
-    means named by ``self.keys`` [K]. ``prepare`` computes the data-only constants of several minibatches at once.
-    All parameters must require gradients (the policy's are never frozen in pglab).
+    view of it) and returns the loss [] and the diagnostics named by ``self.keys`` [K]. ``prepare`` computes the
+    data-only constants of several minibatches at once.
     """
 
-    def __init__(self, policy: ActorCritic, surrogate: Surrogate, *, vf_coef: float, ent_coef: float,
+    def __init__(self, policy, surrogate: Surrogate, *, vf_coef: float, ent_coef: float,
                  value_clip: float | None, normalize_advantages: bool) -> None:
         reason = unsupported(policy, surrogate)
         if reason is not None:
             raise ValueError(f"the lean update does not cover {reason}")
-        self.policy, self.kind = policy, _SURROGATES[type(surrogate)]
-        self.eps_low = getattr(surrogate, "eps_low", 0.0)
-        self.eps_high = getattr(surrogate, "eps_high", 0.0)
+        layout: MLPLayout = mlp_layout(policy)
+        self.policy, self.layout, self.kind = policy, layout, lean_formula(surrogate)
+        self.eps_low = float(getattr(surrogate, "eps_low", 0.0))
+        self.eps_high = float(getattr(surrogate, "eps_high", 0.0))
         self.vf_coef, self.ent_coef = float(vf_coef), float(ent_coef)
         self.value_clip, self.normalize = value_clip, normalize_advantages
         self.episode_sum = surrogate.aggregation == "episode_sum"
-        self.discrete = isinstance(policy.head, CategoricalHead)
-        self.activation_backward = _ACTIVATION_BACKWARD[policy.activation]
-        self.has_value, self.stacked, self.width = policy.has_value, policy.stacked, policy.out_width
+        self.discrete = layout.discrete
+        self.has_value = layout.value_out is not None
+        self.separate = layout.value_linears is not None  # else V reads the policy trunk's features
+        activation = layout.activation or "tanh"  # (no hidden layer: never applied)
+        self.activation, self.activation_backward = _ACTIVATION_FORWARD[activation], _ACTIVATION_BACKWARD[activation]
 
-        # diagnostics: the rows stacked for one masked mean, then scaled (signs, the ½ of the value loss)
-        self.keys = ["policy_loss", "entropy", "approx_kl_k1", "approx_kl", "ratio_mean"]
+        # diagnostics: the rows stacked for one masked mean, then scaled (signs, the ½ of the value loss); the
+        # names and order are the reference loss's (``pglab.learner.loss``), which the start-up check compares
+        names = ["policy_loss", "entropy", "approx_kl_k1", "approx_kl", "ratio_mean"]
         scale = [1.0, -1.0, -1.0, 1.0, 1.0]  # rows: ℓ, −H, log ρ, k3, ρ
         if self.kind == "clip":
-            self.keys.append("clip_fraction")
+            names.append("clip_fraction")
             scale.append(1.0)
         if self.has_value:
-            self.keys.append("value_loss")
+            names.append("value_loss")
             scale.append(0.5)
-        self.keys += ["ratio_min", "ratio_max"]
+        self.keys = names + ["ratio_min", "ratio_max"]
         param = next(policy.parameters())
-        self.scale = torch.tensor(scale, dtype=param.dtype, device=param.device)
-        # L = ℓ̄ + c_e·(−H)‾ + c_v·½(V−G)²‾ as a dot product with the first rows' means (ℓ, −H, …, (V−G)²)
-        self.loss_weights = torch.zeros_like(self.scale)
+        self.scale = torch.tensor(scale + [1.0, 1.0], dtype=param.dtype, device=param.device)
+        # L = ℓ̄ + c_e·(−H)‾ + c_v·½(V−G)²‾ as a dot product with the rows' means (ℓ, −H, …, (V−G)²)
+        self.loss_weights = torch.zeros(len(scale), dtype=param.dtype, device=param.device)
         self.loss_weights[0], self.loss_weights[1] = 1.0, self.ent_coef
         if self.has_value:
             self.loss_weights[-1] = 0.5 * self.vf_coef
-        self.approx_kl_row = 3  # of the unscaled means ``__call__`` returns (k3 needs no scaling)
+        self.approx_kl_index = self.keys.index("approx_kl")
         self._bind_gradients()
 
     def _bind_gradients(self) -> None:
         """One flat gradient buffer; each parameter's ``.grad`` is a view of it (clipping and the optimiser
         see ordinary per-parameter gradients; the clip norm is one reduction over the flat buffer)."""
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = list(self.policy.parameters())
         self.params = params
         self.flat_grad = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         views, offset = [], 0
@@ -129,12 +141,17 @@ class LeanUpdate:
             offset += p.numel()
         self.grads = views
         self.rebind()
-        by_param = {id(p): g for p, g in zip(params, views, strict=True)}
-        policy = self.policy
-        self.grad_w = [by_param[id(layer.weight)] for layer in policy.trunk] + [by_param[id(policy.out.weight)]]
-        self.grad_b = [by_param[id(layer.bias)] for layer in policy.trunk] + [by_param[id(policy.out.bias)]]
-        log_std = getattr(policy.head, "log_std", None)
-        self.grad_log_std = by_param.get(id(log_std)) if log_std is not None else None
+        grad_of = {id(p): g for p, g in zip(params, views, strict=True)}
+        layout = self.layout
+
+        def grads(linears):
+            return [(grad_of[id(l.weight)], grad_of[id(l.bias)]) for l in linears]
+
+        self.policy_grads = grads(layout.policy_linears)
+        self.value_grads = grads(layout.value_linears) if self.separate else []
+        self.head_grads = grads([layout.head.linear])[0]
+        self.value_out_grads = grads([layout.value_out])[0] if self.has_value else None
+        self.grad_log_std = grad_of[id(layout.log_std)] if layout.log_std is not None else None
 
     def rebind(self) -> None:
         """Point every ``.grad`` at its view again (after something replaced or cleared it)."""
@@ -171,32 +188,41 @@ class LeanUpdate:
         return list(zip(weight.unbind(), advantages.unbind(), neg_adv_w.unbind(), (mask > 0).unbind(), scales,
                         strict=True))
 
-    @torch.inference_mode()  # ~10% cheaper per call than no_grad (no version counters or view tracking)
-    def __call__(self, batch: Batch, prepared: tuple | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Loss [] and diagnostics (masked means [K−2] unscaled — see ``stats`` — and the ratio's (min, max)) of
-        one minibatch; its gradient is written into ``flat_grad``. ``prepared``: its entry of ``prepare``."""
+    def _trunk_forward(self, obs: Tensor, linears) -> list[Tensor]:
+        """[input, output of layer 1, …, output of layer n] (post-activation), kept for the backward."""
+        outputs = [obs]
+        for layer in linears:
+            outputs.append(self.activation(torch.addmm(layer.bias, outputs[-1], layer.weight.t())))
+        return outputs
+
+    def _trunk_backward(self, grad: Tensor, outputs: list[Tensor], linears, grads) -> None:
+        """grad = ∂L/∂(trunk output) [B, h] → every layer's weight and bias gradient, written in place."""
+        for depth in range(len(linears) - 1, -1, -1):
+            grad = self.activation_backward(grad, outputs[depth + 1])
+            grad_w, grad_b = grads[depth]
+            torch.mm(grad.t(), outputs[depth], out=grad_w)
+            torch.sum(grad, 0, out=grad_b)
+            if depth:
+                grad = torch.mm(grad, linears[depth].weight)
+
+    @torch.inference_mode()  # cheaper per call than no_grad (no version counters or view tracking)
+    def __call__(self, batch: Batch, prepared: tuple | None = None) -> tuple[Tensor, Tensor]:
+        """Loss [] and diagnostics [K] (named by ``keys``) of one minibatch; its gradient is written into
+        ``flat_grad``. ``prepared``: its entry of ``prepare``."""
         self.rebind()
-        policy, stacked = self.policy, self.stacked
-        obs = batch.obs
+        layout = self.layout
         weight, advantages, neg_adv_w, real, surrogate_scale = \
             prepared if prepared is not None else self.prepare([batch])[0]
 
-        # -- forward: inputs of every layer kept for the backward
-        x = obs.expand(2, *obs.shape) if stacked else obs
-        inputs = []
-        activation = torch.tanh_ if policy.activation == "tanh" else torch.relu_
-        for layer in policy.trunk:
-            inputs.append(x)
-            x = activation(torch.baddbmm(layer.bias, x, layer.weight) if stacked else
-                           torch.addmm(layer.bias, x, layer.weight))
-        inputs.append(x)
-        out = torch.baddbmm(policy.out.bias, x, policy.out.weight) if stacked else \
-            torch.addmm(policy.out.bias, x, policy.out.weight)
-        if stacked:
-            head_out, values = out[0], out[1, :, 0]
-        else:
-            head_out = out[:, : self.width]
-            values = out[:, self.width] if self.has_value else None
+        # -- forward through the reference network's own parameters
+        policy_outputs = self._trunk_forward(batch.obs, layout.policy_linears)
+        features = policy_outputs[-1]
+        head = layout.head.linear
+        head_out = torch.addmm(head.bias, features, head.weight.t())
+        if self.has_value:
+            value_outputs = self._trunk_forward(batch.obs, layout.value_linears) if self.separate else None
+            value_features = value_outputs[-1] if self.separate else features
+            values = torch.addmm(layout.value_out.bias, value_features, layout.value_out.weight.t()).squeeze(1)
 
         # -- log π(a|s), −H and their derivatives
         if self.discrete:
@@ -206,7 +232,7 @@ class LeanUpdate:
             logp = log_probs.gather(1, actions).squeeze(1)
             neg_entropy = (probs * log_probs).sum(-1)  # [B]
         else:
-            log_std = policy.head.log_std  # [d]
+            log_std = layout.log_std  # [d]
             inv_std = torch.exp(-log_std)
             z = (batch.actions - head_out) * inv_std  # [B, d]
             const = log_std.sum() + 0.5 * log_std.numel() * math.log(2 * math.pi)
@@ -251,6 +277,10 @@ class LeanUpdate:
             if self.ent_coef:
                 self.grad_log_std.sub_(self.ent_coef * weight.sum())
 
+        # -- backward: heads, then trunks, into the flat gradient buffer
+        torch.mm(d_head.t(), features, out=self.head_grads[0])
+        torch.sum(d_head, 0, out=self.head_grads[1])
+        d_features = torch.mm(d_head, head.weight) if layout.policy_linears else None
         if self.has_value:
             diff = values - batch.targets
             squared = diff * diff
@@ -265,47 +295,28 @@ class LeanUpdate:
                                       torch.where(inside, diff_clipped * (self.vf_coef * weight), 0.0))
                 squared = torch.maximum(squared, squared_clipped)
             rows.append(squared)
-            if stacked:  # the value block's padding columns get no gradient
-                d_out = torch.stack([d_head, torch.nn.functional.pad(d_value.unsqueeze(1), (0, self.width - 1))])
-            else:
-                d_out = torch.cat([d_head, d_value.unsqueeze(1)], 1)
-        else:
-            d_out = d_head
-
-        # -- backward through the network, into the flat gradient buffer
-        self._backward(d_out, inputs)
+            value_weight = layout.value_out.weight  # [1, feat]
+            torch.mm(d_value.unsqueeze(0), value_features, out=self.value_out_grads[0])
+            torch.sum(d_value, 0, keepdim=True, out=self.value_out_grads[1])
+            if self.separate:
+                if layout.value_linears:
+                    self._trunk_backward(torch.outer(d_value, value_weight[0]), value_outputs, layout.value_linears,
+                                         self.value_grads)
+            elif d_features is not None:  # a shared trunk gets both heads' gradients
+                d_features = torch.addr(d_features, d_value, value_weight[0])
+        if d_features is not None:
+            self._trunk_backward(d_features, policy_outputs, layout.policy_linears, self.policy_grads)
 
         # -- diagnostics: masked means in one product, the ratio's extremes over real rows in one aminmax
         means = torch.mv(torch.stack(rows), weight)
         loss = torch.dot(means, self.loss_weights)
         # padding rows take the mean ratio, which lies within the real rows' [min, max]
         extremes = torch.aminmax(torch.where(real, ratio, means[4]))
-        return loss, (means, torch.stack(extremes))
+        return loss, torch.cat([means, torch.stack(extremes)]) * self.scale
 
-    def stats(self, diagnostics: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """The mean over updates of each diagnostic named in ``keys`` [K], from ``__call__``'s second outputs
-        (the masked means are scaled here, once: the mean is linear)."""
-        means = torch.stack([m for m, _ in diagnostics]).mean(0) * self.scale
-        return torch.cat([means, torch.stack([e for _, e in diagnostics]).mean(0)])
-
-    def _backward(self, d_out: Tensor, inputs: list[Tensor]) -> None:
-        """d_out [B, out] (or [2, B, out] stacked) → every weight and bias gradient, written in place."""
-        policy, stacked = self.policy, self.stacked
-        weights = [layer.weight for layer in policy.trunk] + [policy.out.weight]
-        grad = d_out
-        for depth in range(len(weights) - 1, -1, -1):
-            layer_input = inputs[depth]
-            if stacked:
-                torch.bmm(layer_input.transpose(1, 2), grad, out=self.grad_w[depth])
-                torch.sum(grad, 1, keepdim=True, out=self.grad_b[depth])
-            else:
-                torch.mm(layer_input.t(), grad, out=self.grad_w[depth])
-                torch.sum(grad, 0, out=self.grad_b[depth])
-            if depth == 0:
-                break
-            weight_t = weights[depth].transpose(-2, -1)
-            grad_input = torch.bmm(grad, weight_t) if stacked else torch.mm(grad, weight_t)
-            grad = self.activation_backward(grad_input, layer_input)
+    def named(self, diagnostics: Tensor) -> dict[str, Tensor]:
+        """``__call__``'s diagnostics [K] by name."""
+        return dict(zip(self.keys, diagnostics.unbind(), strict=True))
 
 
 def clip_flat_(flat_grad: Tensor, max_norm: float | None, loss: Tensor) -> tuple[float, float]:
@@ -325,7 +336,7 @@ def fused_adam_step(optimizer: torch.optim.Optimizer) -> None:
     ``Optimizer.step``'s Python wrapper (hooks, profiling, grouping by device and dtype) costs ~40 µs, more than
     the kernel for a CartPole-sized network. This calls the same ``torch._fused_adam_`` with the group's settings
     when that is all the step would do (plain Adam, one group, no hooks, state initialised); otherwise it calls
-    ``optimizer.step()``. Tested equal to ``optimizer.step()`` (tests/unit/test_lean_update.py)."""
+    ``optimizer.step()``. Tested equal to ``optimizer.step()`` (tests/accel/test_lean_update.py)."""
     if not _direct_adam_applies(optimizer):
         optimizer.step()
         return

@@ -82,8 +82,9 @@ def group_baseline(targets: Tensor, valid: Tensor, episode_scores: Tensor, group
     return _masked(advantages, valid)
 
 
-# What each baseline reads besides the targets and the valid mask, in argument order (read by pglab.rollout.datamodule, which
-# hands them over, and pglab.run.checks, which refuses a configuration that cannot provide them):
+# What each baseline reads besides the targets and the valid mask, by parameter name: the DataModule passes each
+# one as a keyword argument of that name (so their order does not matter), and pglab.run.checks refuses a
+# configuration that cannot provide them, or a baseline whose declared inputs are not its parameters:
 #   values          — V(s_t) [T, N] from the value head
 #   episode_scores  — each episode's score R(τ) [N] (the target at its first step)
 #   group_ids       — which group each episode (column) belongs to [N] (episode collector, group_size >= 2)

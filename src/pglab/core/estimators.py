@@ -145,14 +145,18 @@ def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor
     return torch.where(valid, adv + values, torch.zeros_like(adv))
 
 
-# What each estimator needs from the rest of the system, declared here and read by pglab.run.checks and pglab.rollout.datamodule
-# (a custom estimator declares the same attributes; absent ones mean False):
-#   needs_whole_episodes  — its target for a step depends on the whole episode, which segments cut
-#   bootstraps_from_value — it reads V(s) inside episodes (so it needs a value head)
-#   gives_episode_return  — the target at an episode's first step is that episode's return R(τ) (group baselines)
+# What each estimator needs from the rest of the system, declared here and read by pglab.run.checks and the
+# DataModule:
+#   bootstraps_from_value — REQUIRED (True or False): it reads V(s) inside episodes (so it needs a value head). An
+#                           estimator that does not declare it is refused at start-up; one that declares False but
+#                           whose targets depend on V(s) is caught by the start-up check (NaN values in, NaN out).
+#   needs_whole_episodes  — its target for a step depends on the whole episode, which segments cut (absent: False)
+#   gives_episode_return  — the target at an episode's first step is that episode's return R(τ) (absent: False)
 # Every estimator bootstraps from V at a segment's cut, so on the segment collector all of them need a value head.
+trajectory_return.bootstraps_from_value = False
 trajectory_return.needs_whole_episodes = True
 trajectory_return.gives_episode_return = True
+reward_to_go.bootstraps_from_value = False
 nstep.bootstraps_from_value = True
 gae.bootstraps_from_value = True
 

@@ -119,8 +119,14 @@ class Surrogate(nn.Module):
     (minibatches made of whole episodes), ``needs_reference`` (a frozen reference policy) and
     ``needs_analytic_kl`` (the per-row KL(π_old ‖ π_θ) in ``SurrogateInput.kl_old_new``). ``after_rollout``
     is called once per rollout with the post-update KL, for whatever the surrogate adapts (β).
+
+    ``lean_formula`` claims that the hand-derived update (``pglab.accel.lean``) implements this class's loss
+    (``clip``, ``importance`` or ``reinforce``). It counts only where a class sets it itself — a subclass does not
+    inherit it — and the claim is checked numerically at start-up: edit ``per_token`` and the check finds the
+    difference, and the autograd update runs instead (one line at start-up says so).
     """
 
+    lean_formula: str | None = None
     needs_whole_episodes = False
     needs_reference = False
     needs_analytic_kl = False
@@ -178,12 +184,16 @@ def ratio_stats(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
 class Reinforce(Surrogate):
     """−A·log π_θ (docs/theory.md §1). With ``aggregation='episode_sum'`` it is that section's loss verbatim."""
 
+    lean_formula = "reinforce"
+
     def per_token(self, batch, ratio):
         return -batch.advantages * batch.logp, {}
 
 
 class Importance(Surrogate):
     """−ρ·A with ρ = π_θ/π_θ' (docs/theory.md §9): reuses a rollout of π_θ' for several updates."""
+
+    lean_formula = "importance"
 
     def per_token(self, batch, ratio):
         return -ratio * batch.advantages, {}
@@ -243,6 +253,8 @@ def _clipped_objective(ratio: Tensor, advantages: Tensor, eps_low: float, eps_hi
 
 class Clip(Surrogate):
     """PPO-clip (docs/theory.md §11); ``eps_high`` defaults to ``eps_low`` (set it higher for clip-higher)."""
+
+    lean_formula = "clip"
 
     def __init__(self, eps_low: float = 0.2, eps_high: float | None = None, aggregation: str | None = None,
                  constant_length: float | None = None) -> None:

@@ -9,6 +9,7 @@ of the learner.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -20,11 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pglab.rollout.datamodule import Batch, RolloutStats
-from pglab.core.collectives import all_ranks, all_reduce_mean_
-from pglab.accel.lean import GRADIENT_MODES, LeanUpdate, clip_flat_, fused_adam_step, unsupported
-from pglab.models.mlp import ActorCritic, ActOutput
-from pglab.core.surrogates import Surrogate, SurrogateInput, value_loss
+from pglab.accel.fused_actor import fused_actor
+from pglab.accel.lean import GRADIENT_MODES, unsupported
+from pglab.accel.lean import LeanUpdate as LeanGradient
+from pglab.accel.structure import mlp_layout
+from pglab.accel.verify import verify_fused_actor, verify_lean_update
+from pglab.core.collectives import all_ranks
+from pglab.core.surrogates import Surrogate
+from pglab.core.types import ActOutput, Batch, RolloutStats
+from pglab.learner.loss import LossSettings, minibatch_loss
+from pglab.learner.update import AutogradUpdate, LeanUpdate, LightningUpdate, Update
+from pglab.models.build import InferenceActor
 
 __all__ = ["PolicyGradientModule", "NonFiniteError", "NONFINITE_MODES"]
 
@@ -59,13 +66,17 @@ class PolicyGradientModule(L.LightningModule):
             benchmarks/compile_cost.py) — compile time is tens of seconds on a CPU.
         lightning_optimizer: route updates through Lightning's optimizer wrappers even on one process at 32-bit
             (they are used anyway under several processes or mixed precision, where they are needed).
-        gradients: how a minibatch's gradient is computed. ``lean``: hand-derived gradients without autograd
-            (``pglab.accel.lean``; ~3x cheaper per update, for the MLP ActorCritic with the clip, importance or reinforce
-            surrogate); ``autograd``: autograd through the modular loss (every component); ``auto``: lean where it
-            applies, else autograd. Both give the same loss and gradient up to float rounding.
+        gradients: how a minibatch's gradient is computed. ``autograd``: autograd through the reference loss
+            (``pglab.learner.loss``; every component). ``lean``: hand-derived gradients without autograd
+            (``pglab.accel.lean``: for the plain MLP ActorCritic and a surrogate that declares ``lean_formula``),
+            refused when it does not apply or disagrees with the reference at the start-up check; ``auto``: lean
+            where it applies and agrees, else autograd, with one line at start-up saying which runs and why.
+
+    Collection likewise uses the fused actor (``pglab.accel.fused_actor``) only when the network is exactly the
+    plain MLP and the fused actor agrees with it at start-up; otherwise the network itself acts.
     """
 
-    def __init__(self, policy: ActorCritic, surrogate: Surrogate, lr: float = 2.5e-4, adam_eps: float = 1e-5,
+    def __init__(self, policy: torch.nn.Module, surrogate: Surrogate, lr: float = 2.5e-4, adam_eps: float = 1e-5,
                  anneal_lr: bool = True, total_env_steps: int = 100_000, vf_coef: float = 0.5,
                  ent_coef: float = 0.0, value_clip: float | None = None, normalize_advantages: bool = True,
                  target_kl: float | None = None, reference_refresh_every: int = 0,
@@ -98,9 +109,13 @@ class PolicyGradientModule(L.LightningModule):
         self.skipped_updates = 0  # non-finite updates skipped (learner.nonfinite=skip)
         self._group_norm: dict[str, Tensor] = {}
         self._compiled_loss = None  # learner.compile: torch.compile(loss_and_stats), built at the first update
-        self._lean: LeanUpdate | None = None  # built at fit start when the lean update applies
-        self._lean_stats: list[tuple[Tensor, Tensor]] = []  # each lean update's diagnostics (see LeanUpdate.stats)
+        self.loss_settings = LossSettings(vf_coef=vf_coef, ent_coef=ent_coef, value_clip=value_clip,
+                                          normalize_advantages=normalize_advantages)
+        self.update: Update | None = None  # chosen at fit start (see on_fit_start)
         self.update_path = "autograd"
+        self._layout = None  # the network's layout for the fused collection actor, when it applies and agrees
+        self.collection_path = "network"
+        self.fast_path_notice = ""  # the start-up line saying which paths run and why
         self.skipped_rollouts = 0  # rollouts without a single real transition (nothing to learn from)
         # linear LR annealing runs from (env step t0, lr fraction f0) to (total_env_steps, 0); a resumed run with
         # another budget re-anchors at its resume point, so the schedule continues instead of jumping
@@ -112,9 +127,14 @@ class PolicyGradientModule(L.LightningModule):
         self.wandb_id: str | None = None  # the W&B run a resumed run continues
 
     # -- the collection interface (called by the DataModule) ----------------------------------------
+    def actor(self):
+        """The acting policy for one rollout or evaluation: a fused snapshot of the current weights when the start-up
+        check chose it (``pglab.accel.fused_actor``), else the network itself under no_grad."""
+        return fused_actor(self._layout) if self._layout is not None else InferenceActor(self.policy)
+
     def rollout_policy(self) -> tuple[Callable[[Tensor], ActOutput], Callable[[Tensor], Tensor]]:
-        """(act, value) for one rollout: a fused snapshot of the current weights (see ActorCritic.fused_actor)."""
-        actor = self.policy.fused_actor()
+        """(act, value) for one rollout (see ``actor``)."""
+        actor = self.actor()
         device = self.device
 
         @torch.inference_mode()
@@ -143,12 +163,14 @@ class PolicyGradientModule(L.LightningModule):
 
         Under DDP every rank calls this at the same point: env steps are summed and episodes gathered over ranks,
         so the budget, the LR schedule, the x-axis and the episode metrics are global."""
-        if self.world_size > 1:  # one exchange per rollout
-            everyone = all_ranks((stats.env_steps, stats.episode_returns.tolist(), stats.episode_lengths.tolist()))
-            stats = RolloutStats(sum(e[0] for e in everyone),
-                                 torch.tensor([r for e in everyone for r in e[1]], dtype=torch.float32),
-                                 torch.tensor([n for e in everyone for n in e[2]], dtype=torch.float32),
-                                 stats.explained_variance, stats.advantage_mean, stats.advantage_std)
+        if self.world_size > 1:  # one exchange per rollout; every field by name (a new one survives DDP)
+            everyone = all_ranks(dataclasses.asdict(stats) | {"episode_returns": stats.episode_returns.tolist(),
+                                                                "episode_lengths": stats.episode_lengths.tolist()})
+            stats = dataclasses.replace(
+                stats, env_steps=sum(e["env_steps"] for e in everyone),
+                episode_returns=torch.tensor([r for e in everyone for r in e["episode_returns"]], dtype=torch.float32),
+                episode_lengths=torch.tensor([n for e in everyone for n in e["episode_lengths"]], dtype=torch.float32),
+                metrics=self._mean_over_ranks([e["metrics"] for e in everyone]))
         self.last_rollout = stats
         self._rollout_batch = batch
         self.env_steps += stats.env_steps
@@ -225,21 +247,54 @@ class PolicyGradientModule(L.LightningModule):
         return max(0.0, f0 * (total - steps) / (total - t0))
 
     def on_fit_start(self) -> None:
-        """Choose the update (``learner.gradients``): the lean one where it applies, once the strategy is known."""
+        """Choose the collection actor and the update once, before the first env step, and say which and why."""
+        self._choose_paths()
+        if self._trainer is None or self.trainer.is_global_zero:
+            print(self.fast_path_notice, flush=True)
+
+    def _choose_paths(self) -> None:
+        """The fused actor and the lean update run only where the network's structure is what they implement *and*
+        the start-up check (``pglab.accel.verify``) finds them equal to the reference; else the reference runs."""
+        layout = mlp_layout(self.policy)
+        self._layout = None
+        if isinstance(layout, str):
+            collection = f"the network acts (fused actor: {layout})"
+        else:
+            verdict = verify_fused_actor(self.policy)
+            if verdict.problem is None:
+                self._layout = layout
+                collection = "fused actor"
+            else:
+                collection = f"the network acts ({verdict.problem})"
+        self.collection_path = "fused" if self._layout is not None else "network"
+
+        mode = self.hparams["gradients"]
         reason = self._lean_unsupported
         if reason is None and self._through_lightning:
-            reason = "updates through Lightning's optimizer wrappers (mixed precision, trainer.strategy=ddp or " \
+            reason = "updates through Lightning's optimizer wrappers (mixed precision, Lightning's DDP wrapper or " \
                      "learner.lightning_optimizer=true)"
-        mode = self.hparams["gradients"]
+        seconds = 0.0
+        if reason is None and mode != "autograd":
+            verdict = verify_lean_update(self.policy, self.surrogate, self.loss_settings)
+            reason, seconds = verdict.problem, verdict.seconds
         if mode == "lean" and reason is not None:
-            raise ValueError(f"learner.gradients=lean does not cover {reason}: set learner.gradients=auto or "
-                             "autograd")
-        self._lean = None
+            raise ValueError(f"learner.gradients=lean does not cover this run: {reason}. Set learner.gradients=auto "
+                             "(or autograd) to use the autograd update")
         if mode != "autograd" and reason is None:
-            self._lean = LeanUpdate(self.policy, self.surrogate, vf_coef=self.hparams.vf_coef,
+            gradient = LeanGradient(self.policy, self.surrogate, vf_coef=self.hparams.vf_coef,
                                     ent_coef=self.hparams.ent_coef, value_clip=self.hparams.value_clip,
                                     normalize_advantages=self.hparams.normalize_advantages)
-        self.update_path = "lean" if self._lean is not None else "autograd"
+            self.update = LeanUpdate(self, gradient)
+            update = f"lean (verified against autograd in {1000 * seconds:.0f} ms)"
+        else:
+            self.update = LightningUpdate(self) if self._through_lightning else AutogradUpdate(self)
+            update = "autograd" + ("" if mode == "autograd" else f" (the lean update steps aside: {reason})")
+        self.update_path = "lean" if isinstance(self.update, LeanUpdate) else "autograd"
+        self.fast_path_notice = f"pglab: collection: {collection}; update: {update}"
+
+    @property
+    def trainable_parameters(self) -> list[Tensor]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
 
     def on_train_epoch_start(self) -> None:
         self._stop_epoch = False
@@ -262,64 +317,30 @@ class PolicyGradientModule(L.LightningModule):
     def training_step(self, minibatches: list[Batch], batch_idx: int) -> None:
         """One Lightning step = one or more optimizer steps, one per minibatch (``learner.minibatches_per_step``).
 
-        Manual optimisation: Lightning's per-step machinery costs ~0.6 ms here, as much as the update itself on
-        CartPole-sized minibatches, so by default one Lightning step holds a whole rollout's K·M updates.
+        Manual optimisation: Lightning's per-step machinery costs about as much as a whole update on CartPole-sized
+        minibatches, so by default one Lightning step holds a whole rollout's K·M updates. Each update is one call
+        of the update chosen at fit start (``pglab.learner.update``).
         """
-        optimizer = self.optimizers()
-        max_norm = self.hparams.max_grad_norm
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        world, through_lightning = self.world_size, self._through_lightning  # fixed within a step
-        prepared = None  # the lean update's per-minibatch constants, for all of the step's minibatches at once
+        if self.update is None:  # a module used without Trainer.fit's hooks (tests, tools)
+            self._choose_paths()
+        update, params = self.update, self.trainable_parameters
+        world = self.world_size
+        target_kl = self.hparams.target_kl
+        update.start(minibatches)
         for i, batch in enumerate(minibatches):
-            # the per-group gradient norms are a diagnostic: taken on a rollout's first update (≈ 6% of an update's
-            # cost), on every update only when clip_per_group needs them
-            first = i == 0 and batch_idx == 0
             if self._stop_epoch or (self.stop_signal is not None and world == 1):
                 # target-KL early stop (decided on the global KL, so every rank stops together), or SIGTERM/SIGINT
                 # on one process; under DDP a signal is acted on at the rollout's end, agreed by every rank
                 break
             if self._finite_snapshot is None:
                 self._finite_snapshot = [p.detach().clone() for p in params]
-            if self._lean is not None:  # never through Lightning's wrappers (see on_fit_start)
-                if prepared is None:
-                    prepared = self._lean.prepare(minibatches)
-                self._lean_update(batch, prepared[i], optimizer.optimizer, first)
-                self._count_direct_step()
-                continue
-            loss = self.minibatch_loss(batch)
-            if through_lightning:
-                # through Lightning: precision plugins, DDP's gradient all-reduce (prepared by manual_backward
-                # before every backward, so several updates per step stay synchronised), trainer.global_step
-                optimizer.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                if first or self.hparams.clip_per_group:
-                    self._record_group_norms()
-                if max_norm is not None and not self.hparams.clip_per_group:
-                    self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
-                    grad_norm = self._grad_norm(params, None)
-                else:
-                    grad_norm = self._grad_norm(params, max_norm)
-                if self._update_is_finite(float(loss.detach()), float(grad_norm)):
-                    optimizer.step()
-            else:
-                # the torch optimizer directly: ~0.5 ms less per update (11% of a CartPole PPO run); used only on
-                # one process at 32-bit precision, where Lightning's wrappers add nothing
-                torch_optimizer = optimizer.optimizer
-                torch_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if world > 1:  # trainer=ddp (GradientAllReduceDDP): average the gradients over ranks
-                    for p in params:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                    all_reduce_mean_([p.grad for p in params])
-                if first or self.hparams.clip_per_group:
-                    self._record_group_norms()
-                grad_norm = self._grad_norm(params, max_norm)
-                if self._update_is_finite(float(loss.detach()), float(grad_norm)):
-                    torch_optimizer.step()
-                self._count_direct_step()
-                continue
-            self.updates += 1
+            # the per-group gradient norms are a diagnostic: taken on a rollout's first update, on every update only
+            # when clip_per_group needs them
+            stats = update(batch, first=i == 0 and batch_idx == 0)
+            for key, value in stats.items():
+                self._epoch_stats[key].append(value)
+            if target_kl is not None and self._global_mean(stats["approx_kl"]) > target_kl:
+                self._stop_epoch = True  # this update happened (as in CleanRL); the rest of the epoch does not
         self._check_parameters(params)
 
     def _count_direct_step(self) -> None:
@@ -329,23 +350,6 @@ class PolicyGradientModule(L.LightningModule):
         step_progress.increment_ready()
         step_progress.increment_completed()
         self.updates += 1
-
-    def _lean_update(self, batch: Batch, prepared: tuple, torch_optimizer: torch.optim.Optimizer,
-                     first: bool) -> None:
-        """One update with ``pglab.accel.lean``'s hand-derived gradient: the direct path's steps, on the flat gradient."""
-        lean = self._lean
-        loss, diagnostics = lean(batch, prepared)
-        self._lean_stats.append(diagnostics)
-        target_kl = self.hparams.target_kl
-        if target_kl is not None and self._global_mean(diagnostics[0][lean.approx_kl_row]) > target_kl:
-            self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
-        if self.world_size > 1:  # trainer=ddp (GradientAllReduceDDP): one all-reduce of the flat gradient
-            all_reduce_mean_([lean.flat_grad])
-        if first:
-            self._record_group_norms()
-        loss_value, grad_norm = clip_flat_(lean.flat_grad, self.hparams.max_grad_norm, loss)
-        if self._update_is_finite(loss_value, grad_norm):
-            fused_adam_step(torch_optimizer)
 
     @property
     def _through_lightning(self) -> bool:
@@ -421,48 +425,10 @@ class PolicyGradientModule(L.LightningModule):
             f"epoch {self.current_epoch} (env step {int(self.env_steps)}): the weights were rolled back to the "
             "rollout's start. Lower learner.lr or set learner.max_grad_norm")
 
-    def minibatch_loss(self, batch: Batch) -> Tensor:
-        """surrogate + c_v·value loss − c_e·entropy on one minibatch; records the diagnostics."""
-        if self.hparams.compile and self._compiled_loss is None:
-            # inductor compiles the forward and (through AOTAutograd) the backward into fused kernels; minibatch
-            # sizes vary with the rollout's real rows, hence dynamic shapes
-            self._compiled_loss = torch.compile(self.loss_and_stats, dynamic=True)
-        loss, stats = (self._compiled_loss or self.loss_and_stats)(batch)
-        for key, value in stats.items():
-            self._epoch_stats[key].append(value)
-        target_kl = self.hparams.target_kl
-        if target_kl is not None and self._global_mean(stats["approx_kl"]) > target_kl:
-            self._stop_epoch = True  # this update still happens (as in CleanRL); the rest of the epoch does not
-        return loss
-
     def loss_and_stats(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """The minibatch loss and its diagnostics, without side effects (what ``learner.compile`` compiles)."""
-        out = self.policy.evaluate(batch.obs, batch.actions)
-        mask = batch.mask
-        count = mask.sum().clamp_min(1.0)
-        advantages = batch.advantages
-        if self.hparams.normalize_advantages:
-            mean = (advantages * mask).sum() / count
-            std = (((advantages - mean) ** 2 * mask).sum() / (count - 1).clamp_min(1.0)).sqrt()
-            advantages = (advantages - mean) / (std + 1e-8)
-        logp_ref = None
-        if self.reference is not None:
-            with torch.no_grad():
-                logp_ref = self.reference.evaluate(batch.obs, batch.actions).logp
-        kl_old_new = self.policy.kl(batch.dist_params_old, out.dist_params) \
-            if self.surrogate.needs_analytic_kl else None
-        surrogate = self.surrogate(SurrogateInput(
-            logp=out.logp, logp_old=batch.logp_old, advantages=advantages, mask=mask,
-            episode_ids=batch.episode_ids, num_episodes=batch.num_episodes, logp_ref=logp_ref,
-            kl_old_new=kl_old_new))
-        entropy = (out.entropy * mask).sum() / count
-        loss = surrogate.loss - self.hparams.ent_coef * entropy
-        stats = {"policy_loss": surrogate.loss.detach(), "entropy": entropy.detach(), **surrogate.stats}
-        if self.policy.has_value:
-            v_loss = value_loss(out.values, batch.targets, mask, batch.values_old, self.hparams.value_clip)
-            loss = loss + self.hparams.vf_coef * v_loss
-            stats["value_loss"] = v_loss.detach()
-        return loss, stats
+        """The reference minibatch loss and its diagnostics, without side effects (what ``learner.compile``
+        compiles; see ``pglab.learner.loss``)."""
+        return minibatch_loss(self.policy, self.surrogate, batch, self.loss_settings, self.reference)
 
     def _global_mean(self, value: Tensor) -> float:
         """The mean of a per-rank scalar over ranks (every rank gets the same number: same decisions)."""
@@ -491,13 +457,11 @@ class PolicyGradientModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         metrics: dict[str, float] = {}
-        for key, values in self._epoch_stats.items():
-            metrics[f"train/{key}"] = float(torch.stack(values).float().mean())
+        if self._epoch_stats:  # every diagnostic's mean over the epoch's updates, in one host transfer
+            keys = list(self._epoch_stats)
+            means = torch.stack([torch.stack(self._epoch_stats[k]).float().mean() for k in keys]).tolist()
+            metrics.update({f"train/{key}": value for key, value in zip(keys, means, strict=True)})
         self._epoch_stats.clear()
-        if self._lean_stats:  # the lean update's diagnostics, averaged over the epoch's updates in one go
-            means = self._lean.stats(self._lean_stats).tolist()
-            metrics.update({f"train/{key}": value for key, value in zip(self._lean.keys, means, strict=True)})
-            self._lean_stats.clear()
         if self.world_size == 1:
             kl = self.post_update_kl()
         else:
@@ -523,9 +487,7 @@ class PolicyGradientModule(L.LightningModule):
             if r.episode_returns.numel() > 0:
                 metrics["rollout/episode_return"] = float(r.episode_returns.mean())
                 metrics["rollout/episode_length"] = float(r.episode_lengths.mean())
-            metrics["train/explained_variance"] = r.explained_variance
-            metrics["rollout/advantage_mean"] = r.advantage_mean
-            metrics["rollout/advantage_std"] = r.advantage_std
+            metrics.update(r.metrics)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         metrics["env_steps"] = float(self.env_steps)
         elapsed = time.perf_counter() - (self._start_time or time.perf_counter())

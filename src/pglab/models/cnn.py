@@ -6,7 +6,7 @@ spaces are scaled by 1/255 inside the network (the rollout stores observations a
 values). Observations are ``[C, H, W]`` (channels first, e.g. a frame stack) or ``[H, W, C]`` (channels last, as
 most renderers give them; permuted here); the layout is read from the observation space at construction.
 
-Same interface as ``pglab.models.mlp.ActorCritic`` (``act``, ``evaluate``, ``value``, ``kl``, ``fused_actor``,
+Same interface as ``pglab.models.mlp.ActorCritic`` (``act``, ``evaluate``, ``value``, ``kl``,
 ``head.param_dim``, ``has_value``); the heads are pglab's CategoricalHead / GaussianHead.
 """
 
@@ -18,13 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pglab.models.mlp import (
-    ActOutput,
-    EvalOutput,
-    InferenceActor,
-    action_space_spec,
-    make_head,
-)
+from pglab.core.distributions import make_head
+from pglab.core.types import ActOutput, EvalOutput
+from pglab.models.mlp import action_space_spec
 
 __all__ = ["CNNActorCritic", "nature_encoder", "image_layout"]
 
@@ -177,8 +173,3 @@ class CNNActorCritic(nn.Module):
     def kl(self, params_old: Tensor, params_new: Tensor) -> Tensor:
         """Analytic KL(π_old ‖ π_new) per row. [B]"""
         return self.head.kl(params_old, params_new)
-
-    def fused_actor(self) -> InferenceActor:
-        """The collection-time actor: this network without autograd (its weights do not change in a rollout)."""
-        return InferenceActor(self)
-

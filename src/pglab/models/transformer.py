@@ -5,7 +5,7 @@ It reads the observation layout of ``pglab.envs.tokens`` — ``[tokens (S) | cur
 and an MLP, and reads the policy (and, optionally, the value) from the hidden state at the cursor: the last
 filled position, the one whose output chooses the next token.
 
-Same interface as ``pglab.models.mlp.ActorCritic`` (``act``, ``evaluate``, ``value``, ``kl``, ``fused_actor``,
+Same interface as ``pglab.models.mlp.ActorCritic`` (``act``, ``evaluate``, ``value``, ``kl``,
 ``head.param_dim``, ``has_value``), so every estimator, baseline and surrogate runs on it unchanged.
 Generation recomputes the whole (short) history every step: cost ∝ length per token, no KV cache.
 """
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pglab.models.mlp import ActOutput, CategoricalHead, EvalOutput, InferenceActor
+from pglab.core.distributions import CategoricalHead
+from pglab.core.types import ActOutput, EvalOutput
 
 __all__ = ["TransformerPolicy", "token_layout"]
 
@@ -172,8 +173,3 @@ class TransformerPolicy(nn.Module):
     def kl(self, params_old: Tensor, params_new: Tensor) -> Tensor:
         """Analytic KL(π_old ‖ π_new) per row. [B]"""
         return self.head.kl(params_old, params_new)
-
-    def fused_actor(self) -> InferenceActor:
-        """The collection-time actor: this network (its weights do not change during a rollout) without autograd."""
-        return InferenceActor(self)
-

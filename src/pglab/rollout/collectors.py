@@ -13,48 +13,18 @@ Termination is handled by the estimators, which drop the bootstrap where ``termi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
-from pglab.models.mlp import ActOutput
+from pglab.core.types import ActOutput, Rollout
 
 __all__ = ["Rollout", "SegmentCollector", "EpisodeCollector"]
 
 Policy = Callable[[Tensor], ActOutput]
 ValueFn = Callable[[Tensor], Tensor]
-
-
-@dataclass
-class Rollout:
-    """One collection. Shapes: ``[T, N]`` unless noted.
-
-    obs [T, N, obs_dim]; actions [T, N] (discrete) or [T, N, d]; dist_params [T, N, P];
-    values [T, N] = V(s_t); next_values [T, N] = V(true s_{t+1}); valid marks real transitions.
-    ``episode_returns`` / ``episode_lengths`` [E] are the raw (unnormalised) episodes that finished.
-    ``group_ids`` [N] is set by the episode collector (column n is one episode).
-    """
-
-    obs: Tensor
-    actions: Tensor
-    logp: Tensor
-    values: Tensor
-    next_values: Tensor
-    rewards: Tensor
-    terminated: Tensor
-    done: Tensor
-    valid: Tensor
-    dist_params: Tensor
-    episode_returns: np.ndarray
-    episode_lengths: np.ndarray
-    group_ids: Tensor | None = None
-
-    @property
-    def num_transitions(self) -> int:
-        return int(self.valid.sum())
 
 
 class _Buffers:

@@ -12,17 +12,17 @@ The DataModule meets the LightningModule through two calls only: ``module.rollou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
 import torch
 from gymnasium.wrappers import vector as vw
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from pglab.core.collectives import all_ranks
+from pglab.core.types import Batch, Rollout, RolloutStats
 from pglab.envs.make import (
     EnvConfig,
     find_wrapper,
@@ -33,125 +33,11 @@ from pglab.envs.make import (
     merge_running_stats,
     rms_state,
 )
-from pglab.rollout.collectors import EpisodeCollector, Rollout, SegmentCollector
+from pglab.rollout.advantages import compute_advantages, explained_variance
+from pglab.rollout.collectors import EpisodeCollector, SegmentCollector
+from pglab.rollout.minibatches import MinibatchDataset, MinibatchSampler
 
-__all__ = ["Batch", "RolloutStats", "OnPolicyDataModule", "MinibatchSampler", "compute_advantages",
-           "explained_variance", "NonFiniteRolloutError", "check_rollout_finite", "requirement"]
-
-
-@dataclass
-class Batch:
-    """A minibatch, flat [B] (obs [B, obs_dim], actions [B] or [B, d], dist_params_old [B, P]).
-
-    ``mask`` is 1 for real transitions and 0 for padding (whole-episode minibatches are padded to the
-    longest episode); ``episode_ids`` [B] index the ``num_episodes`` episodes of the minibatch.
-    """
-
-    obs: Tensor
-    actions: Tensor
-    logp_old: Tensor
-    values_old: Tensor
-    dist_params_old: Tensor
-    advantages: Tensor
-    targets: Tensor
-    mask: Tensor
-    episode_ids: Tensor
-    num_episodes: int
-
-
-@dataclass
-class RolloutStats:
-    env_steps: int
-    episode_returns: Tensor
-    episode_lengths: Tensor
-    explained_variance: float
-    advantage_mean: float
-    advantage_std: float
-
-
-def explained_variance(predictions: Tensor, targets: Tensor) -> float:
-    """1 − Var(G − V)/Var(G): 1 is a perfect critic, ≤ 0 is no better than a constant."""
-    var = targets.var(unbiased=False)
-    if var <= 0:
-        return float("nan")
-    return float(1 - (targets - predictions).var(unbiased=False) / var)
-
-
-def requirement(component, name: str, default=False):
-    """A component's declared need (an attribute of the function or class, seen through functools.partial)."""
-    return getattr(getattr(component, "func", component), name, default)
-
-
-def baseline_inputs(rollout: Rollout, targets: Tensor) -> dict[str, Callable[[], Tensor]]:
-    """Everything a baseline may declare in ``inputs`` (see pglab.core.baselines), computed on demand."""
-    return {"values": lambda: rollout.values,
-            # each column of an episode rollout is one episode starting at row 0: its score is the target there
-            "episode_scores": lambda: targets[0],
-            "group_ids": lambda: rollout.group_ids}
-
-
-def compute_advantages(rollout: Rollout, estimator: Callable, baseline: Callable) -> tuple[Tensor, Tensor]:
-    """(targets, advantages), both [T, N]; the baseline gets the inputs it declares."""
-    targets = estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.done,
-                        rollout.valid)
-    available = baseline_inputs(rollout, targets)
-    extra = [available[name]() for name in requirement(baseline, "inputs", ())]
-    return targets, baseline(targets, rollout.valid, *extra)
-
-
-class _MinibatchDataset(Dataset):
-    """Indexable by a list of index tensors: ``ds[[idx, ...]]`` returns one Batch per index tensor (rows, or
-    whole episodes in the episode layout), each gathered with a single index operation."""
-
-    def __init__(self, batch: Batch, episode_length: int | None) -> None:
-        self.batch = batch
-        # whole-episode layout: rows are [E * L] episode-major; an index selects episodes
-        self.episode_length = episode_length
-
-    def __len__(self) -> int:
-        return self.batch.num_episodes if self.episode_length else self.batch.obs.shape[0]
-
-    def __getitem__(self, indices: list[Tensor]) -> list[Batch]:
-        return [self.minibatch(index) for index in indices]
-
-    def minibatch(self, index: Tensor) -> Batch:
-        b = self.batch
-        if self.episode_length is None:
-            rows = index
-            return Batch(b.obs[rows], b.actions[rows], b.logp_old[rows], b.values_old[rows],
-                         b.dist_params_old[rows], b.advantages[rows], b.targets[rows], b.mask[rows],
-                         b.episode_ids[rows], 1)
-        length = self.episode_length
-        rows = (index.unsqueeze(1) * length + torch.arange(length).unsqueeze(0)).reshape(-1)
-        local_ids = torch.arange(index.numel()).repeat_interleave(length)
-        return Batch(b.obs[rows], b.actions[rows], b.logp_old[rows], b.values_old[rows], b.dist_params_old[rows],
-                     b.advantages[rows], b.targets[rows], b.mask[rows], local_ids, int(index.numel()))
-
-
-class MinibatchSampler(Sampler):
-    """``passes`` reshuffled passes over ``size`` items in ``num_minibatches`` minibatches each (one index tensor
-    per minibatch), grouped ``per_step`` minibatches per Lightning step (None: all of them in one step)."""
-
-    def __init__(self, size: int, num_minibatches: int, passes: int, generator: torch.Generator,
-                 per_step: int | None = None) -> None:
-        self.size, self.passes, self.generator = size, passes, generator
-        self.num_minibatches = max(1, min(num_minibatches, size))
-        total = self.passes * self.num_minibatches
-        self.per_step = total if per_step is None else max(1, min(per_step, total))
-
-    def __len__(self) -> int:
-        return -(-self.passes * self.num_minibatches // self.per_step)
-
-    def __iter__(self) -> Iterator[list[Tensor]]:
-        chunk: list[Tensor] = []
-        for _ in range(self.passes):
-            for index in torch.randperm(self.size, generator=self.generator).tensor_split(self.num_minibatches):
-                chunk.append(index)
-                if len(chunk) == self.per_step:
-                    yield chunk
-                    chunk = []
-        if chunk:
-            yield chunk
+__all__ = ["OnPolicyDataModule", "NonFiniteRolloutError", "check_rollout_finite"]
 
 
 def _identity(batch: Batch) -> Batch:
@@ -303,8 +189,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         if rollout.num_transitions == 0:
             # only autoreset rows (e.g. every env ended on the previous rollout's last step): nothing to learn from;
             # the module counts it (train/skipped_rollouts) and the epoch runs no update
-            nan = float("nan")
-            module.record_rollout(RolloutStats(0, episode_returns, episode_lengths, nan, nan, nan), None)
+            module.record_rollout(RolloutStats(env_steps=0, episode_returns=episode_returns,
+                                               episode_lengths=episode_lengths), None)
             return DataLoader([[]], batch_size=None, collate_fn=_identity)
         with torch.inference_mode():
             targets, advantages = compute_advantages(rollout, self.estimator, self.baseline)
@@ -313,11 +199,12 @@ class OnPolicyDataModule(L.LightningDataModule):
             env_steps=rollout.num_transitions,
             episode_returns=episode_returns,
             episode_lengths=episode_lengths,
-            explained_variance=explained_variance(rollout.values[valid], targets[valid]),
-            advantage_mean=float(advantages[valid].mean()),
-            advantage_std=float(advantages[valid].std()) if valid.sum() > 1 else 0.0,
-        ), batch)
-        dataset = _MinibatchDataset(batch, episode_length)
+            metrics={  # a new rollout metric is one line here
+                "train/explained_variance": explained_variance(rollout.values[valid], targets[valid]),
+                "rollout/advantage_mean": float(advantages[valid].mean()),
+                "rollout/advantage_std": float(advantages[valid].std()) if valid.sum() > 1 else 0.0,
+            }), batch)
+        dataset = MinibatchDataset(batch, episode_length)
         sampler = MinibatchSampler(len(dataset), self.num_minibatches, self.update_epochs, self.generator,
                                    self.minibatches_per_step)
         return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_identity)

@@ -47,7 +47,7 @@ class EvalCallback(L.Callback):
                 self.envs = datamodule.make_eval_envs(self.num_envs)
         else:
             datamodule.sync_obs_normalization(self.envs)
-        actor = module.policy.fused_actor()  # the collection fast path, in its deterministic (mode) form
+        actor = module.actor()  # the acting policy collection uses, in its deterministic (mode) form
         with torch.inference_mode():
             returns, lengths = run_episodes(
                 self.envs, lambda obs: actor.act(obs.to(module.device), deterministic=True).actions,

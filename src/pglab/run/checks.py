@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.rollout.datamodule import requirement
+from pglab.core.components import REQUIRED, component_name, parameter_names, requirement
 from pglab.core.surrogates import Surrogate
 
 __all__ = ["ConfigError", "check_combination", "check_types", "check_budgets"]
@@ -199,14 +199,59 @@ def _numeric_problems(cfg: DictConfig, estimator, baseline) -> list[str]:
         problems.append(f"learner.target_kl must be > 0 or null, got {learner.target_kl}")
     if learner.value_clip is not None and learner.value_clip < 0:
         problems.append(f"learner.value_clip must be >= 0 or null, got {learner.value_clip}")
-    # the estimator and baseline check their own arguments (γ, λ, k, eps): run them once on a dummy rollout
+    return problems + _component_problems(estimator, baseline)
+
+
+def _component_problems(estimator, baseline) -> list[str]:
+    """Run the estimator and the baseline once on a dummy rollout: they check their own arguments (γ, λ, k, eps),
+    and what they declare is checked against what they do.
+
+    - ``bootstraps_from_value`` must be declared: absent, a value-less configuration would silently give a
+      bootstrapping estimator V ≡ 0. Declared False, the estimator must not read V inside episodes: with V = NaN
+      and every step terminal (nothing to bootstrap), its targets must stay finite.
+    - a baseline's declared ``inputs`` are passed by keyword, so each must be one of its parameter names."""
+    problems = []
+    est, base = _label("estimator", estimator), _label("baseline", baseline)
     zeros = torch.zeros(2, 2)
     flags = torch.zeros(2, 2, dtype=torch.bool)
     valid = torch.ones(2, 2, dtype=torch.bool)
     try:
+        declared = requirement(estimator, "bootstraps_from_value", REQUIRED)
+    except AttributeError:
+        declared = None
+        problems.append(f"{est} ({component_name(estimator)}) does not declare bootstraps_from_value: set "
+                        "<function>.bootstraps_from_value = True if its targets read V(s) inside episodes (values / "
+                        "next_values where an episode goes on), else False")
+    targets = None
+    try:
         targets = estimator(zeros, zeros, zeros, flags, flags, valid)
+    except Exception as err:  # noqa: BLE001 - any failure of a component here is reported, naming the component
+        problems.append(f"{est} ({component_name(estimator)}) raised on a dummy rollout: {type(err).__name__}: {err} "
+                        "(check gamma, lam, nstep_k and the estimator's own arguments)")
+    if targets is not None and declared is False:
+        nan = torch.full((2, 2), float("nan"))
+        everything_ends = torch.ones(2, 2, dtype=torch.bool)
+        try:
+            reads_values = not bool(torch.isfinite(
+                estimator(torch.ones(2, 2), nan, nan, everything_ends, everything_ends, valid)).all())
+        except Exception:  # noqa: BLE001 - raising on NaN values is reading them
+            reads_values = True
+        if reads_values:
+            problems.append(f"{est} ({component_name(estimator)}) declares bootstraps_from_value = False, but its "
+                            "targets depend on V(s) even where every step is terminal: declare it True (it needs a "
+                            "value head)")
+    inputs = tuple(requirement(baseline, "inputs", ()))
+    accepted = parameter_names(baseline)
+    unknown = [name for name in inputs if "*" not in accepted and name not in accepted]
+    if unknown:
+        problems.append(f"{base} ({component_name(baseline)}) declares inputs {list(unknown)} that are not among "
+                        f"its parameters {sorted(accepted)}: inputs are passed by keyword, so name each parameter "
+                        "after the input it receives (values, episode_scores, group_ids)")
+    elif targets is not None:
         dummy = {"values": zeros, "episode_scores": targets[0], "group_ids": torch.zeros(2, dtype=torch.long)}
-        baseline(targets, valid, *[dummy[name] for name in requirement(baseline, "inputs", ())])
-    except (ValueError, TypeError) as err:
-        problems.append(f"{err} (check gamma, lam, nstep_k and the baseline's settings)")
+        try:
+            baseline(targets, valid, **{name: dummy[name] for name in inputs if name in dummy})
+        except Exception as err:  # noqa: BLE001 - reported, naming the component
+            problems.append(f"{base} ({component_name(baseline)}) raised on a dummy rollout: {type(err).__name__}: "
+                            f"{err} (check the baseline's own arguments)")
     return problems

@@ -127,7 +127,7 @@ class HeldOutAccuracy(L.Callback):
     def evaluate(self, trainer: L.Trainer, module, env_steps: int | None = None) -> float:
         begin, begin_cpu = time.perf_counter(), time.process_time()
         env_cfg = trainer.datamodule.env_cfg
-        actor = module.policy.fused_actor()
+        actor = module.actor()
 
         def act(obs: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -19,9 +19,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
 from pglab.envs.make import env_config_from_dict, make_frozen_envs, require_video_support, run_episodes
-from pglab.models.mlp import build_policy
+from pglab.models.build import build_policy
+from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 

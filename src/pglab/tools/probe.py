@@ -76,12 +76,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from pglab.core.baselines import BASELINES
-from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
-from pglab.envs.make import env_config_from_dict, make_frozen_envs
+from pglab.core.distributions import CategoricalHead, GaussianHead
 from pglab.core.estimators import ESTIMATORS
-from pglab.tools.evaluate import build_checkpoint_policy
-from pglab.models.mlp import CategoricalHead, GaussianHead
+from pglab.envs.make import env_config_from_dict, make_frozen_envs
+from pglab.models.build import InferenceActor
 from pglab.rollout.collectors import Rollout, SegmentCollector
+from pglab.run.checkpoints import CheckpointError, check_finite_weights, load_checkpoint
+from pglab.tools.evaluate import build_checkpoint_policy
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 PLOT_MISSING = "plots need matplotlib: pip install 'pglab[plot]' (or pass plots=false)"
@@ -170,9 +171,9 @@ def make_probe_envs(ckpt: dict, num_envs: int):
 
 def _check_policy(policy, path: Path) -> None:
     head = getattr(policy, "head", None)
-    if not isinstance(policy, torch.nn.Module) or not all(hasattr(policy, m) for m in ("evaluate", "fused_actor")) \
+    if not isinstance(policy, torch.nn.Module) or not all(hasattr(policy, m) for m in ("evaluate", "act", "value")) \
             or not isinstance(head, CategoricalHead | GaussianHead):
-        raise CheckpointError(f"{path}: the probe handles pglab's ActorCritic interface (evaluate, fused_actor) with a "
+        raise CheckpointError(f"{path}: the probe handles pglab's ActorCritic interface (evaluate, act, value) with a "
                               f"categorical or Gaussian head; this checkpoint's model is {type(policy).__name__} "
                               f"with head {type(head).__name__}")
 
@@ -349,7 +350,7 @@ def probe_checkpoint(path: str | Path, label: str, cfg: DictConfig | dict, log=p
         if M < 2:
             raise ValueError(f"batches must be >= 2 (a variance needs two batches), got {M}")
         torch.manual_seed(int(cfg["seed"]))
-        actor = policy.fused_actor()
+        actor = InferenceActor(policy)
         act = torch.inference_mode()(actor.act)
         value = torch.inference_mode()(actor.value)
         param_dim = policy.head.param_dim

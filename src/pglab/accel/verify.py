@@ -1,0 +1,180 @@
+"""The start-up check of every fast path against the reference code it is derived from.
+
+Before the first env step the learner asks: does the fused collection actor act exactly as the reference network
+does, and does the lean update give the reference loss's value, every parameter's gradient and every diagnostic?
+Both run on a float64 copy of the network (so float rounding cannot hide or fake a difference) and on a synthetic
+minibatch built to reach every branch of the formulas:
+
+- log-ratios spread evenly over [−3.5, 3.5] (ratios e^±3.5: far outside any clip range on both sides),
+- advantages of both signs on every ratio range, so each side of PPO's min() is taken,
+- padded rows (mask 0) holding junk, in every episode,
+- old values spread ±3 value-clip ranges around V, so the value clip is active on some rows and not on others,
+- several episodes (for per-episode aggregation).
+
+A difference beyond float64 rounding is a reason (naming what differed) and the reference runs instead. Pure torch;
+the global RNG is left as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pglab.accel.fused_actor import fused_actor
+from pglab.accel.lean import LeanUpdate
+from pglab.accel.structure import mlp_layout
+from pglab.core.surrogates import Surrogate
+from pglab.core.types import Batch
+from pglab.learner.loss import LossSettings, minibatch_loss
+
+__all__ = ["verify_fused_actor", "verify_lean_update", "synthetic_batch", "Verdict"]
+
+_RTOL, _ATOL = 1e-7, 1e-9  # float64: the paths agree to ~1e-13 when they compute the same function
+
+
+@dataclass
+class Verdict:
+    """``problem`` is None when the fast path agrees with the reference; ``seconds`` is what the check cost."""
+
+    problem: str | None
+    seconds: float
+
+
+def _differs(name: str, fast: Tensor, ref: Tensor) -> str | None:
+    fast, ref = torch.as_tensor(fast, dtype=torch.float64), torch.as_tensor(ref, dtype=torch.float64)
+    if fast.shape != ref.shape:
+        return f"{name}: shape {tuple(fast.shape)} against the reference's {tuple(ref.shape)}"
+    both_nan = torch.isnan(fast) & torch.isnan(ref)
+    gap = torch.where(both_nan, 0.0, (fast - ref).abs())
+    bound = _ATOL + _RTOL * ref.abs().nan_to_num(0.0)
+    if bool((gap > bound).any()) or bool(torch.isnan(gap).any()):
+        worst = int(torch.argmax(torch.nan_to_num(gap - bound, nan=math.inf)))
+        return (f"{name}: {float(fast.flatten()[worst]):.6g} against the reference's {float(ref.flatten()[worst]):.6g}"
+                f" (max |Δ| {float(torch.nan_to_num(gap, nan=math.inf).max()):.3g})")
+    return None
+
+
+def _float64_copy(policy: nn.Module) -> nn.Module:
+    return copy.deepcopy(policy).to(device="cpu", dtype=torch.float64)
+
+
+def synthetic_batch(policy: nn.Module, obs_dim: int, generator: torch.Generator, value_clip: float | None,
+                    episodes: int = 4, rows_per_episode: int = 16, padded_per_episode: int = 3) -> Batch:
+    """A float64 minibatch for ``policy`` (a float64 network) that reaches every branch (see the module docstring).
+    Rows are episode-major: ``episodes`` episodes of ``rows_per_episode`` rows, the last ``padded_per_episode`` of
+    each padding."""
+    rows = episodes * rows_per_episode
+    opts = {"dtype": torch.float64}
+    obs = torch.randn(rows, obs_dim, generator=generator, **opts) * 1.5
+    head = policy.head
+    if hasattr(head, "log_std"):
+        actions = torch.randn(rows, head.dim, generator=generator, **opts) * 1.5
+    else:
+        actions = torch.randint(0, head.param_dim, (rows,), generator=generator)
+    with torch.no_grad():
+        now = policy.evaluate(obs, actions)
+    # log ρ = log π_θ − log π_old spread over [−3.5, 3.5], shuffled; advantages alternate in sign
+    log_ratio = torch.linspace(-3.5, 3.5, rows, **opts)[torch.randperm(rows, generator=generator)]
+    magnitude = torch.rand(rows, generator=generator, **opts) + 0.2
+    advantages = magnitude * torch.where(torch.arange(rows) % 2 == 0, 1.0, -1.0).to(torch.float64)
+    clip = value_clip if value_clip is not None else 0.2
+    values_old = now.values + torch.linspace(-3 * clip, 3 * clip, rows, **opts)[torch.randperm(rows,
+                                                                                               generator=generator)]
+    targets = now.values + torch.randn(rows, generator=generator, **opts)
+    mask = torch.ones(episodes, rows_per_episode, **opts)
+    mask[:, rows_per_episode - padded_per_episode:] = 0.0
+    mask = mask.reshape(-1)
+    junk = 1e3 * (1.0 - mask)  # padding rows carry junk that must not leak into anything
+    return Batch(obs=obs, actions=actions, logp_old=now.logp - log_ratio + junk, values_old=values_old + junk,
+                 dist_params_old=now.dist_params.detach(), advantages=advantages + junk, targets=targets - junk,
+                 mask=mask, episode_ids=torch.arange(episodes).repeat_interleave(rows_per_episode),
+                 num_episodes=episodes)
+
+
+def verify_fused_actor(policy: nn.Module) -> Verdict:
+    """Does the fused actor built from ``policy`` give the reference network's actions' log-probabilities,
+    values and distribution parameters (sampled and deterministic)?"""
+    start = time.perf_counter()
+    problem = None
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        reference = _float64_copy(policy)
+        layout = mlp_layout(reference)
+        if isinstance(layout, str):
+            return Verdict(layout, time.perf_counter() - start)
+        generator = torch.Generator().manual_seed(0)
+        obs = torch.randn(7, reference.policy_trunk[0].in_features if layout.policy_linears else
+                          layout.head.linear.in_features, generator=generator, dtype=torch.float64) * 1.5
+        actor = fused_actor(layout)
+        for deterministic in (False, True):
+            out = actor.act(obs, deterministic)
+            ref = reference.evaluate(obs, out.actions)
+            problem = (_differs("log π(a|s)", out.logp, ref.logp) or _differs("V(s)", out.values, ref.values)
+                       or _differs("distribution parameters", out.dist_params, ref.dist_params))
+            if deterministic and problem is None:
+                problem = _differs("deterministic action", out.actions.double(),
+                                   reference.act(obs, deterministic=True).actions.double())
+            if problem is not None:
+                break
+        if problem is None:
+            problem = _differs("V(s) (value call)", actor.value(obs), reference.value(obs))
+    return Verdict(problem and f"the fused actor disagrees with the network on {problem}",
+                   time.perf_counter() - start)
+
+
+def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSettings) -> Verdict:
+    """Does the lean update give the reference loss (``pglab.learner.loss``), every parameter's gradient and every
+    diagnostic (same names, same values) on the synthetic batch?"""
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        reference = _float64_copy(policy)
+        for p in reference.parameters():
+            p.grad = None
+        lean_surrogate = surrogate_for_reference(surrogate)
+        try:
+            lean = LeanUpdate(reference, lean_surrogate, vf_coef=settings.vf_coef, ent_coef=settings.ent_coef,
+                              value_clip=settings.value_clip, normalize_advantages=settings.normalize_advantages)
+        except ValueError as err:
+            return Verdict(str(err), time.perf_counter() - start)
+        obs_dim = (lean.layout.policy_linears[0].in_features if lean.layout.policy_linears
+                   else lean.layout.head.linear.in_features)
+        generator = torch.Generator().manual_seed(0)
+        problem = None
+        for rows, padded in ((16, 3), (9, 0)):  # padded episodes; and a minibatch without padding
+            batch = synthetic_batch(reference, obs_dim, generator, settings.value_clip, rows_per_episode=rows,
+                                    padded_per_episode=padded)
+            loss, diagnostics = lean(batch)
+            lean_grads = {name: p.grad.clone() for name, p in reference.named_parameters()}
+            fast_stats = lean.named(diagnostics)
+            params = [p for _, p in reference.named_parameters()]
+            with torch.enable_grad():
+                ref_loss, ref_stats = minibatch_loss(reference, surrogate_for_reference(surrogate), batch, settings)
+                ref_grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
+            problem = _differs("the loss", loss, ref_loss.detach())
+            if problem is None and set(fast_stats) != set(ref_stats):
+                only_ref, only_fast = sorted(set(ref_stats) - set(fast_stats)), sorted(set(fast_stats) - set(ref_stats))
+                problem = "the diagnostics' names: " + "; ".join(
+                    part for part in (f"the reference logs {only_ref} too" if only_ref else "",
+                                      f"the lean update logs {only_fast} too" if only_fast else "") if part)
+            for key in sorted(ref_stats) if problem is None else ():
+                problem = _differs(f"diagnostic {key}", fast_stats[key], ref_stats[key])
+                if problem:
+                    break
+            for (name, p), grad in zip(reference.named_parameters(), ref_grads, strict=True) if problem is None else ():
+                problem = _differs(f"the gradient of {name}", lean_grads[name],
+                                   torch.zeros_like(p) if grad is None else grad)
+                if problem:
+                    break
+            if problem is not None:
+                break
+    return Verdict(problem and f"the lean update disagrees with the reference loss on {problem}",
+                   time.perf_counter() - start)
+
+
+def surrogate_for_reference(surrogate: Surrogate) -> Surrogate:
+    """The surrogate as the reference loss runs it on the float64 copy (its buffers, e.g. β, in float64)."""
+    return copy.deepcopy(surrogate).to(device="cpu", dtype=torch.float64)

@@ -68,7 +68,6 @@ PAYLOADS = {
                                                                  "cmd": f"touch {m}"}]),
     "model_target": lambda c, m: c["model"].__setitem__("_target_", "evilmod.model"),
     "estimator_target": lambda c, m: c["estimator"].__setitem__("_target_", "evilmod.wrap"),
-    "callback": lambda c, m: c.__setitem__("callbacks", {"x": {"_target_": "evilmod.wrap"}}),
     "env_id_module": lambda c, m: c["env"].__setitem__("id", "evilmod:CartPole-v1"),
     # through an allowed module to a foreign callable
     "via_allowed_module": lambda c, m: c["env"].__setitem__("wrappers", [{"_target_": "pglab.envs.make.importlib."
@@ -104,6 +103,25 @@ def test_planted_payload_is_refused_by_evaluate_probe_and_resume(name, base_run,
     with pytest.raises(ConfigError, match="PGLAB_TRUSTED_MODULES"):
         prepare_resume(cfg)
     assert not marker.exists(), f"the {name} payload ran"
+
+
+def test_a_stored_callback_is_never_resolved(base_run, tmp_path, evil_module, make_cfg):
+    # trainer, logger and callbacks are not read back from a checkpoint (a resumed run takes its own command
+    # line's), so a foreign callback recorded there neither blocks the checkpoint nor runs
+    from pglab.run.train import build, prepare_resume
+
+    marker, _ = evil_module
+    ckpt = torch.load(base_run, map_location="cpu", weights_only=True)
+    ckpt["pglab"]["config"]["callbacks"] = {"x": {"_target_": "evilmod.wrap"}}
+    ckpt["pglab"]["config"]["logger"] = {"x": {"_target_": "evilmod.wrap"}}
+    path = tmp_path / "callback.ckpt"
+    torch.save(ckpt, path)
+    assert evaluate(path, episodes=1, num_envs=1)["episodes"] == 1
+    cfg = make_cfg(f"ckpt_path={path}", "eval.enabled=false", "total_env_steps=512", output_dir=tmp_path / "resume")
+    resumed, _ = prepare_resume(cfg)
+    assert resumed.callbacks == {}
+    build(resumed)
+    assert not marker.exists()
 
 
 def test_cli_refusals_name_the_fix_and_run_nothing(base_run, tmp_path, evil_module):

@@ -7,10 +7,13 @@ so ``torch.load(weights_only=True)`` reads it. pglab never loads a checkpoint an
 arbitrary code when it is loaded.
 
 The stored config is data too, but it *names* code: ``_target_`` entries (the model, estimator, baseline,
-surrogate, loggers, callbacks), ``env.wrappers`` (dotted paths called on each env) and ``env.id="module:Id"`` (a module
-imported to register the env). A weights-only-clean file could otherwise name ``pydoc.pipepager`` or
-``os.system`` there and have it called. ``load_checkpoint`` therefore checks every name against an allowlist before
-anything is resolved: pglab's own modules, gymnasium's wrappers, Lightning's Trainer, loggers and callbacks (and, for
+surrogate), ``env.wrappers`` (dotted paths called on each env) and ``env.id="module:Id"`` (a module imported to
+register the env). A weights-only-clean file could otherwise name ``pydoc.pipepager`` or ``os.system`` there and have
+it called. ``load_checkpoint`` therefore checks every name in the sections a checkpoint supplies (``LOCKED_SECTIONS``:
+what evaluate, probe and a resumed run read back) against an allowlist before anything is resolved. The other
+sections (trainer, logger, callbacks, paths) are never read back from a checkpoint — a resumed run takes them from
+its own command line — so a user's own callback recorded there neither blocks the checkpoint nor runs from it. The
+allowlist: pglab's own modules, gymnasium's wrappers, Lightning's Trainer, loggers and callbacks (and, for
 ``env.id``, gymnasium's and the ALE's env modules). Hydra's instantiate target policy is a blocklist of a few
 destructive calls, so it is no substitute. Anything else is refused with the fix: name the modules you trust in
 ``PGLAB_TRUSTED_MODULES`` (comma-separated), or — when resuming — give the same setting on the command line (a
@@ -27,7 +30,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["CheckpointError", "load_checkpoint", "check_finite_weights", "resume_config", "LOCKED_SECTIONS",
-           "check_stored_config", "named_targets", "TRUSTED_TARGETS", "TRUSTED_ENV_MODULES", "TRUSTED_ENV_VAR"]
+           "check_stored_config", "named_targets", "TRUSTED_TARGETS", "TRUSTED_ENV_MODULES", "TRUSTED_ENV_VAR",
+           "AtomicModelCheckpoint", "PeriodicLastCheckpoint", "save_checkpoint_atomic", "truncate_csv"]
 
 
 class CheckpointError(Exception):
@@ -48,10 +52,11 @@ def _under(path: str, prefixes) -> bool:
     return any(path == p or path.startswith(p + ".") for p in prefixes)
 
 
-def named_targets(config) -> list[tuple[str, str, str]]:
+def named_targets(config, sections: tuple[str, ...] | None = None) -> list[tuple[str, str, str]]:
     """Every callable or module a config names: (where, kind, dotted name), kind ``target`` or ``env module``.
 
-    ``_target_`` values anywhere, ``env.wrappers`` string entries, and the module part of ``env.id="module:Id"``."""
+    ``_target_`` values anywhere (under ``sections`` only, if given), ``env.wrappers`` string entries, and the module
+    part of ``env.id="module:Id"``."""
     found: list[tuple[str, str, str]] = []
 
     def walk(node, where: str) -> None:
@@ -66,8 +71,10 @@ def named_targets(config) -> list[tuple[str, str, str]]:
             for i, value in enumerate(node):
                 walk(value, f"{where}[{i}]")
 
-    walk(config, "")
-    env = config.get("env") if isinstance(config, dict) else None
+    for section in sections if sections is not None else (config if isinstance(config, dict) else {}):
+        if isinstance(config, dict) and section in config:
+            walk(config[section], section)
+    env = config.get("env") if isinstance(config, dict) and (sections is None or "env" in sections) else None
     if isinstance(env, dict):
         for i, wrapper in enumerate(env.get("wrappers") or []):
             if isinstance(wrapper, str) or not isinstance(wrapper, dict):
@@ -114,7 +121,7 @@ def check_stored_config(config: dict, path: str | Path, trusted: tuple[str, ...]
     targets = TRUSTED_TARGETS + _trusted_extra()
     env_modules = TRUSTED_ENV_MODULES + _trusted_extra()
     problems, refused = [], []
-    for where, kind, name in named_targets(config):
+    for where, kind, name in named_targets(config, LOCKED_SECTIONS):
         if name in trusted:
             continue
         if kind == "env module":
@@ -247,3 +254,106 @@ def resume_config(current: dict, stored: dict, overrides: list[str], stored_choi
         else:
             merged[section] = old
     return merged
+
+
+# -- writing checkpoints: periodic, atomic ------------------------------------------------------------------------
+def _lightning_checkpoints():
+    """The two Lightning callbacks pglab writes checkpoints with (built lazily: importing this module stays cheap)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+    class AtomicModelCheckpoint(ModelCheckpoint):
+        """Lightning's ModelCheckpoint (best by a monitored metric, snapshots) writing through a temporary file and a
+        rename, so a kill mid-write leaves the previous file whole instead of a truncated one."""
+
+        def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+            from weakref import proxy
+
+            save_checkpoint_atomic(trainer, filepath, flush_loggers=False, weights_only=self.save_weights_only)
+            self._last_global_step_saved = trainer.global_step
+            self._last_checkpoint_saved = filepath
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.after_save_checkpoint(proxy(self))
+
+    class PeriodicLastCheckpoint(Checkpoint):
+        """``last.ckpt`` every ``every_n_epochs`` epochs, whatever eval does.
+
+        Lightning's ModelCheckpoint writes ``last`` only in a step where it also saved a top-k checkpoint, so with
+        eval off (no monitor, top-k 0) it wrote nothing during training and with eval on ``last`` went stale once
+        the eval return stopped improving. This callback writes it on the schedule alone. Being a ``Checkpoint``,
+        Lightning runs it after the module's own epoch-end hook (the epoch's counters and metrics are final).
+        The loggers are flushed first, so the CSV holds every row up to the checkpoint; rows written after it (a run
+        killed later) are dropped when the run resumes into its folder (``truncate_csv``)."""
+
+        def __init__(self, dirpath: str | Path, every_n_epochs: int) -> None:
+            self.path = Path(dirpath) / "last.ckpt"
+            self.every_n_epochs = every_n_epochs
+
+        def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking:
+                save_checkpoint_atomic(trainer, self.path)
+
+    return AtomicModelCheckpoint, PeriodicLastCheckpoint
+
+
+def AtomicModelCheckpoint(**kwargs):  # noqa: N802 - a factory: Lightning is imported on first use
+    """``lightning.pytorch.callbacks.ModelCheckpoint`` that writes atomically (see ``_lightning_checkpoints``)."""
+    return _lightning_checkpoints()[0](**kwargs)
+
+
+def PeriodicLastCheckpoint(dirpath: str | Path, every_n_epochs: int):  # noqa: N802
+    """``last.ckpt`` every ``every_n_epochs`` epochs, written atomically (see ``_lightning_checkpoints``)."""
+    return _lightning_checkpoints()[1](dirpath, every_n_epochs)
+
+
+def save_checkpoint_atomic(trainer, path: str | Path, flush_loggers: bool = True, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` into ``<path>.tmp``, fsync'd, then renamed over ``path`` (rank 0 writes).
+
+    Every rank calls it (the module gathers per-rank state while saving). ``flush_loggers``: write the loggers'
+    buffered rows first, so what the logs hold and what the checkpoint holds end at the same step."""
+    path = Path(path)
+    if flush_loggers:
+        for logger in trainer.loggers:
+            logger.save()
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp, weights_only)
+    if trainer.is_global_zero:
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+
+
+def truncate_csv(path: str | Path, step: int) -> int:
+    """Drop the rows of a Lightning CSV log (``step`` column) logged after ``step``; returns how many were dropped.
+
+    A run killed after its last checkpoint logged rows the checkpoint does not hold; resumed into the same folder it
+    logs those env steps again, which without this left the x-axis going backwards and duplicated rows. Written
+    through a temporary file and a rename."""
+    import csv
+
+    path = Path(path)
+    with open(path, newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        rows = list(reader)
+    if header is None or "step" not in header:
+        return 0
+    col = header.index("step")
+
+    def keep(row) -> bool:
+        try:
+            return float(row[col]) <= step
+        except (ValueError, IndexError):
+            return True  # a row without a step (none are written by pglab): not pglab's to judge
+
+    kept = [row for row in rows if keep(row)]
+    if len(kept) == len(rows):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(kept)
+    os.replace(tmp, path)
+    return len(rows) - len(kept)

@@ -1,4 +1,5 @@
-"""Hydra callbacks: a multirun ends with a summary that names every failed job and its error."""
+"""Hydra callbacks: a multirun ends with a summary that names every failed job and its error; a run never starts
+in a folder that holds another run."""
 
 from __future__ import annotations
 
@@ -10,15 +11,52 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-__all__ = ["JobSummary", "mark_failed", "FAILED_MARKER"]
+__all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "mark_failed", "FAILED_MARKER"]
 
 FAILED_MARKER = "FAILED"
+# what a pglab run leaves in its folder: Hydra's config, checkpoints, each logger's files
+RUN_MARKERS = (".hydra", "checkpoints", "csv", "tensorboard", "wandb", "resumed_from.json")
+
+
+def foreign_run(run_dir: str | Path, ckpt_path: str | None) -> str | None:
+    """Why a run may not write into ``run_dir`` (None when it may): the folder holds another run's files, and this
+    is not that run being resumed (``ckpt_path`` inside ``run_dir``)."""
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if not found:
+        return None
+    if ckpt_path is not None and run_dir.resolve() in Path(ckpt_path).resolve().parents:
+        return None  # resuming the run that lives there
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = f"to continue that run: ckpt_path={last} hydra.run.dir={run_dir}" if last.is_file() else \
+        "it has no checkpoints/last.ckpt to resume from"
+    return (f"{run_dir} holds another run ({', '.join(found)}), and a new run there would overwrite its config and "
+            f"checkpoints and mix its metrics: {resume}; to start a new run, leave out hydra.run.dir (each launch "
+            "gets a new folder) or choose a folder that does not exist yet")
 
 
 def mark_failed(output_dir: str | Path, message: str) -> None:
     """Leave ``<output_dir>/FAILED`` with the error, for the multirun summary (works across launchers)."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / FAILED_MARKER).write_text(message + "\n")
+
+
+class RunFolderGuard(Callback):
+    """Refuses (exit 2, before Hydra writes ``.hydra/`` into it) a single run whose output folder holds another run.
+
+    Hydra creates the folder and overwrites ``.hydra/config.yaml`` when the job starts, so the check runs at
+    ``on_run_start``, the last moment the old run is intact. A multirun's jobs get their own numbered folders."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        HydraConfig.instance().set_config(config)  # hydra.run.dir may read ${hydra:runtime.choices...}
+        run_dir = OmegaConf.select(config, "hydra.run.dir")
+        problem = foreign_run(run_dir, OmegaConf.select(config, "ckpt_path", default=None))
+        if problem:
+            print(f"pglab: refusing to start: {problem}", file=sys.stderr)
+            sys.exit(2)
 
 
 class JobSummary(Callback):

@@ -27,7 +27,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pglab.envs.make import EnvConfig, require_video_support
@@ -35,7 +34,16 @@ from pglab.learner.module import NonFiniteError, PolicyGradientModule
 from pglab.models.build import build_policy
 from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
 from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
-from pglab.run.checkpoints import CheckpointError, load_checkpoint, named_targets, resume_config
+from pglab.run.checkpoints import (
+    AtomicModelCheckpoint,
+    CheckpointError,
+    PeriodicLastCheckpoint,
+    load_checkpoint,
+    named_targets,
+    resume_config,
+    save_checkpoint_atomic,
+    truncate_csv,
+)
 from pglab.run.checks import ConfigError, check_combination, check_types
 from pglab.run.hydra_callbacks import mark_failed
 from pglab.run.loggers import finish_wandb, sync_hint
@@ -190,15 +198,18 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
         callbacks.append(EvalCallback(every_n_epochs=cfg.eval.every_n_epochs, episodes=cfg.eval.episodes,
                                       num_envs=cfg.eval.num_envs, seed=cfg.seed + 1_000_000, video_dir=video_dir))
     if cfg.checkpoint.enabled:
-        # best by eval return when evaluating, plus always the last; also on Ctrl-C / SIGTERM / crash
-        callbacks.append(ModelCheckpoint(
-            dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean" if cfg.eval.enabled
-            else None, mode="max", save_top_k=1 if cfg.eval.enabled else 0, save_last=True,
-            every_n_epochs=cfg.checkpoint.every_n_epochs, save_on_exception=True))
+        # last.ckpt every checkpoint.every_n_epochs whatever eval does (and at the end, and on SIGTERM/SIGINT, in
+        # run); not on an exception: the state mid-rollout is no epoch boundary, the previous last.ckpt is
+        callbacks.append(PeriodicLastCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_epochs))
+        if cfg.eval.enabled:  # the best policy by eval return
+            callbacks.append(AtomicModelCheckpoint(
+                dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean", mode="max",
+                save_top_k=1, every_n_epochs=cfg.checkpoint.every_n_epochs))
         if cfg.checkpoint.get("snapshots"):
             # keep every periodic checkpoint (early / middle / late policies for pglab.tools.probe)
-            callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="snapshot-{epoch}", monitor=None,
-                                             save_top_k=-1, every_n_epochs=cfg.checkpoint.every_n_epochs))
+            callbacks.append(AtomicModelCheckpoint(dirpath=out / "checkpoints", filename="snapshot-{epoch}",
+                                                   monitor=None, save_top_k=-1,
+                                                   every_n_epochs=cfg.checkpoint.every_n_epochs))
     # extra Lightning callbacks from the config (``callbacks.<name>._target_``), e.g. an experiment's warm start
     for name, callback_cfg in (cfg.get("callbacks") or {}).items():
         try:
@@ -260,6 +271,12 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                 # model, which is what plots and readers of .hydra/config.yaml must see
                 (hydra_dir / "config.yaml").replace(hydra_dir / "config.command_line.yaml")
                 OmegaConf.save(cfg, hydra_dir / "config.yaml")
+            for csv_file in sorted(out.glob("csv/**/metrics.csv")):
+                # resumed into its own folder: rows logged after the checkpoint are logged again by this run
+                dropped = truncate_csv(csv_file, steps)
+                if dropped:
+                    print(f"pglab: dropped {dropped} rows of {csv_file} logged after the checkpoint's {steps} env "
+                          "steps (this run logs those steps again)")
             (out / "resumed_from.json").write_text(json.dumps(
                 {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env_steps": steps, "wandb_id": wandb_id}) + "\n")
             print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "
@@ -273,7 +290,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         last = out / "checkpoints" / "last.ckpt"
         if cfg.checkpoint.enabled and not r.trainer.interrupted:
             # the periodic checkpoints may predate the last epoch: last.ckpt is always the final state
-            r.trainer.save_checkpoint(last)
+            save_checkpoint_atomic(r.trainer, last)
         for logger in r.trainer.loggers:
             logger.save()
         metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}

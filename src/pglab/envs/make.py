@@ -24,7 +24,8 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import vector as vw
 
 __all__ = ["EnvConfig", "make_vector_env", "resolve_env_id", "merge_running_stats", "make_frozen_envs",
-           "freeze_normalization", "env_config_from_dict", "check_observation_space",
+           "freeze_normalization", "env_config_from_dict", "check_observation_space", "check_action_space",
+           "check_env_api",
            "find_wrapper", "require_video_support", "run_episodes", "rms_state",
            "load_rms", "VECTORIZATIONS"]
 
@@ -142,8 +143,13 @@ def _wrap_vector_env(envs, cfg: EnvConfig):
     """pglab's vector wrappers, the same for every back-end (see make_vector_env)."""
     envs = vw.RecordEpisodeStatistics(envs)
     if cfg.flatten_obs:
-        envs = vw.FlattenObservation(envs)
+        try:
+            envs = vw.FlattenObservation(envs)
+        except (NotImplementedError, TypeError, ValueError):  # e.g. Text: no fixed-size flat form
+            check_observation_space(envs.single_observation_space, cfg.id)
+            raise
     check_observation_space(envs.single_observation_space, cfg.id)
+    check_action_space(envs.single_action_space, cfg.id)
     if isinstance(envs.single_action_space, gym.spaces.Box) and cfg.clip_actions:
         envs = vw.ClipAction(envs)
     if cfg.normalize_obs:
@@ -183,6 +189,93 @@ def check_observation_space(space: gym.Space, env_id: str) -> None:
     raise ValueError(f"{env_id} has observation space {space}, which pglab's networks cannot read: {fix}")
 
 
+def check_action_space(space: gym.Space, env_id: str) -> None:
+    """Refuse, naming the space, an action space pglab's policy heads do not produce: they are a categorical over
+    ``Discrete(n)`` (actions 0..n-1) and a diagonal Gaussian over a 1-D float ``Box``. Dispatching on the space's
+    type, not on its ``.n`` / ``.shape``, is what keeps MultiDiscrete from passing as a Box and MultiBinary as a
+    Discrete."""
+    if isinstance(space, gym.spaces.Discrete):
+        if int(space.start) != 0:
+            raise ValueError(f"{env_id} has action space {space}, which starts at {int(space.start)}: pglab's "
+                             "categorical head samples 0..n-1; shift the actions with a gymnasium ActionWrapper "
+                             "(env.wrappers) so the space starts at 0")
+        return
+    if isinstance(space, gym.spaces.Box):
+        if len(space.shape) != 1 or not np.issubdtype(space.dtype, np.floating):
+            raise ValueError(f"{env_id} has action space {space}: pglab's Gaussian head takes a 1-D float Box; "
+                             "reshape or cast the actions with a gymnasium ActionWrapper (env.wrappers)")
+        return
+    kinds = {gym.spaces.MultiDiscrete: "several categorical actions (a factorised categorical head)",
+             gym.spaces.MultiBinary: "several binary actions (a Bernoulli head)"}
+    needs = next((need for kind, need in kinds.items() if isinstance(space, kind)), "a head for this kind of space")
+    raise ValueError(f"{env_id} has action space {space} ({type(space).__name__}), which pglab's policies cannot "
+                     f"act in: they have a categorical head for Discrete and a Gaussian head for a 1-D Box, and this "
+                     f"space needs {needs}, which pglab does not have; wrap the env so its actions are Discrete or a "
+                     "1-D Box (e.g. enumerate the combinations as one Discrete)")
+
+
+def check_env_api(cfg: EnvConfig) -> None:
+    """One env of ``cfg`` reset and stepped once, outside the vector env, to refuse before training what would
+    otherwise fail in the first rollout with a traceback from deep inside gymnasium: the pre-0.26 API (``reset``
+    returning only ``obs``, ``step`` returning 4 values) and observations that are not numbers (strings, objects).
+
+    Native vector envs and EnvPool are built by gymnasium / EnvPool themselves and skipped."""
+    if cfg.vectorization == "envpool":
+        return
+    env_id = resolve_env_id(cfg.id)
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error:
+        return  # make_vector_env names the unknown id
+    if _resolve_mode(spec, cfg.vectorization) == "vector_entry_point":
+        return
+    kwargs = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    env = gym.make(env_id, disable_env_checker=True, **kwargs)
+    for wrapper in cfg.wrappers:
+        env = _single_env_wrapper(wrapper)(env)
+    old_api = (f"{cfg.id} follows the pre-0.26 gym API (reset returns only the observation, step returns 4 values "
+               "(obs, reward, done, info)); pglab uses gymnasium's: port the env to return (obs, info) from reset and "
+               "(obs, reward, terminated, truncated, info) from step, or wrap it with shimmy's "
+               "GymV21CompatibilityV0 (pip install shimmy), gymnasium's compatibility layer for old-API envs")
+    try:
+        try:
+            result = env.reset(seed=0)
+            if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+                raise ValueError(old_api)
+            obs = result[0]
+            result = env.step(env.action_space.sample())
+            if not (isinstance(result, tuple) and len(result) == 5):
+                raise ValueError(old_api)
+        except (ValueError, TypeError) as err:
+            # gymnasium's own wrappers (TimeLimit, ...) unpack 5 values and fail first: ask the env itself
+            if str(err) != old_api and _is_old_api(env.unwrapped):
+                raise ValueError(old_api) from err
+            raise
+        for observation in (obs, result[0]):
+            kind = np.asarray(observation).dtype.kind
+            if kind not in "biuf":
+                raise ValueError(f"{cfg.id} returns observations of dtype {np.asarray(observation).dtype} "
+                                 f"({type(observation).__name__}), which pglab's networks cannot read (they take "
+                                 "fixed-size numbers): encode them as a numeric Box with an ObservationWrapper "
+                                 "(env.wrappers), e.g. token ids for text")
+    finally:
+        env.close()
+
+
+def _is_old_api(env) -> bool:
+    """Whether a bare env answers reset with a lone observation or step with 4 values (gym < 0.26)."""
+    try:
+        result = env.reset(seed=0)
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+            return True
+        result = env.step(env.action_space.sample())
+        return isinstance(result, tuple) and len(result) == 4
+    except Exception:  # noqa: BLE001 - a diagnosis only: whatever else fails is reported as it is
+        return False
+
+
 def env_config_from_dict(env: dict, **overrides) -> EnvConfig:
     """An EnvConfig from a stored config's ``env`` section (a checkpoint's), ignoring keys this version lacks."""
     known = {f.name for f in dataclasses.fields(EnvConfig)} - {"record_video_dir"}
@@ -212,8 +305,8 @@ def freeze_normalization(envs: gym.vector.VectorEnv, stats: dict, rewards: bool 
 
 def make_frozen_envs(cfg: EnvConfig, num_envs: int, stats: dict, rewards: bool = False) -> gym.vector.VectorEnv:
     """The one way pglab builds an env whose normalisation is frozen at given statistics: periodic evaluation
-    (the training statistics), ``pglab.tools.evaluate`` and ``pglab.tools.probe`` (a checkpoint's). Reward normalisation is
-    dropped unless ``rewards``."""
+    (the training statistics), ``pglab.tools.evaluate`` and ``pglab.tools.probe`` (a checkpoint's). Reward
+    normalisation is dropped unless ``rewards``."""
     cfg = dataclasses.replace(cfg, normalize_reward=cfg.normalize_reward and rewards)
     envs = make_vector_env(cfg, num_envs=num_envs)
     try:

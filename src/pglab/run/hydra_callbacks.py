@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 __all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "mark_failed", "FAILED_MARKER"]
 
 FAILED_MARKER = "FAILED"
-# what a pglab run leaves in its folder: Hydra's config, checkpoints, each logger's files
-RUN_MARKERS = (".hydra", "checkpoints", "csv", "tensorboard", "wandb", "resumed_from.json")
+# what a pglab run leaves in its folder once it has results: checkpoints, each logger's files (a run refused at
+# start-up leaves only .hydra/, worth nothing: a corrected command may reuse its folder)
+RUN_MARKERS = ("checkpoints", "csv", "tensorboard", "wandb", "resumed_from.json")
 
 
 def foreign_run(run_dir: str | Path, ckpt_path: str | None) -> str | None:

@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pglab.envs.make import EnvConfig, require_video_support
+from pglab.envs.make import EnvConfig, check_env_api, require_video_support
 from pglab.learner.module import NonFiniteError, PolicyGradientModule
 from pglab.models.build import build_policy
 from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
@@ -155,6 +155,7 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
         minibatches_per_step=cfg.learner.minibatches_per_step)
     try:
         envs = datamodule.make_envs()
+        check_env_api(datamodule.env_cfg)  # old-API envs and non-numeric observations, before the first rollout
         if cfg.collector.kind == "episodes" and not cfg.collector.max_episode_steps and \
                 (envs.spec is None or not envs.spec.max_episode_steps):
             raise ValueError(f"{cfg.env.id} has no time limit, which the episode collector needs to size its "

@@ -53,7 +53,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Lightning 2.6's own use of a torch API that torch 2.13 deprecates: printed twice per run, not actionable here
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
-__all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
+__all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "install_signal_handlers", "resume_command",
+           "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
 
 EXIT_REFUSED, EXIT_NONFINITE = 2, 3
 SCHEDULE_KEYS = ("epochs", "num_minibatches", "minibatches_per_step")  # learner.* keys read by the DataModule
@@ -70,14 +71,45 @@ class EnvStepBudget(L.Callback):
             trainer.should_stop = True
 
 
+class _SignalState:
+    """The first SIGTERM / SIGINT of the process and the module to pass it to (the handler only records)."""
+
+    signum: int | None = None
+    module: PolicyGradientModule | None = None
+
+
+def _record_signal(signum, frame) -> None:
+    _SignalState.signum = signum
+    if _SignalState.module is not None:
+        _SignalState.module.stop_signal = signum
+    # a second signal of the same kind is not graceful: it ends the process at once
+    signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+
+
+def install_signal_handlers() -> dict:
+    """pglab's SIGTERM/SIGINT handlers, from the start of a run (before the envs are built and the first rollout
+    collected); returns the handlers they replaced. No-op outside the main thread (joblib threads, notebooks)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    if not any(signal.getsignal(signum) is _record_signal for signum in GracefulStop.SIGNALS):
+        _SignalState.signum = None  # a new run in this process (installed at import by `python -m`: keep its signal)
+    _SignalState.module = None
+    previous = {signum: signal.getsignal(signum) for signum in GracefulStop.SIGNALS}
+    for signum in GracefulStop.SIGNALS:
+        signal.signal(signum, _record_signal)
+    return previous
+
+
 class GracefulStop(L.Callback):
     """SIGTERM and SIGINT stop training at the next update boundary instead of killing it.
 
-    The handler only records the signal; the module finishes the update it is in and skips the rest of the
-    rollout, the epoch ends normally (metrics logged), and ``run`` saves ``last.ckpt``, flushes the loggers, says
-    where, and exits 128 + signal (143 / 130) so a scheduler sees the job did not finish. Lightning's own SIGTERM
-    handling exits 0 without a word; these handlers replace it (registered after it, at train start). A second
-    signal of the same kind is not graceful: it ends the process at once.
+    The handler (installed by ``run`` at start-up, ``install_signal_handlers``) only records the signal; the module
+    finishes the update it is in and skips the rest of the rollout, the epoch ends normally (metrics logged), and
+    ``run`` saves ``last.ckpt``, flushes the loggers, says where and how to resume, and exits 128 + signal
+    (143 / 130) so a scheduler sees the job did not finish. A signal during the first rollout is kept for the first
+    update boundary. Lightning registers its own SIGTERM handler just before the first rollout (it would end the
+    run with exit 0 and no word); at train start this callback puts pglab's back and clears Lightning's flag. A
+    second signal of the same kind is not graceful: it ends the process at once.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -88,14 +120,16 @@ class GracefulStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread (joblib threads, notebooks)
-
-        def handle(signum, frame) -> None:
-            module.stop_signal = signum
-            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
-
+        _SignalState.module = module
+        if _SignalState.signum is not None:  # arrived during the first rollout
+            module.stop_signal = _SignalState.signum
+            trainer._signal_connector.received_sigterm = False  # pglab's stop, not Lightning's silent exit 0
         for signum in self.SIGNALS:
             self.previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, handle)
+            if _SignalState.signum != signum:
+                signal.signal(signum, _record_signal)
+            else:  # after a first signal, a second ends the process at once
+                signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: PolicyGradientModule) -> None:
         # under DDP the module agrees on the signal over ranks (PolicyGradientModule.on_train_epoch_end)
@@ -107,6 +141,17 @@ class GracefulStop(L.Callback):
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signum, handler)
         self.previous.clear()
+        _SignalState.module = None
+
+
+def resume_command(last: Path, out: Path) -> str:
+    """The command that continues this run: its own command-line overrides (budget, trainer and devices, loggers,
+    eval...) with ``ckpt_path`` and the output folder, so the resumed run is the same run in the same folder."""
+    import shlex
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
+    return shlex.join(["python", "-m", "pglab.run.train", *kept, f"ckpt_path={last}", f"hydra.run.dir={out}"])
 
 
 @dataclass
@@ -252,11 +297,13 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 
 def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
     """Train one configuration; returns the final logged metrics (floats) and the exit code (0, or 128 + signal)."""
+    previous_handlers = install_signal_handlers()
     try:
         cfg, ckpt = prepare_resume(cfg)
         out = Path(cfg.paths.output_dir)
-        wandb_id, ckpt_choices = None, None
+        wandb_id, ckpt_choices, ckpt_world = None, None, None
         if ckpt is not None:
+            ckpt_world = len(ckpt["pglab"].get("rng_per_rank") or [None])
             ckpt_choices = {k: v for k, v in (ckpt["pglab"].get("choices") or {}).items()
                             if k in ("algo", "experiment", "env", "model", "estimator", "baseline", "surrogate")}
             steps = int(ckpt["state_dict"].get("env_steps", 0))
@@ -284,6 +331,19 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                   f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
             del ckpt
         r = build(cfg, wandb_id=wandb_id)
+        if _SignalState.signum is not None:  # stopped while the envs were being built: nothing trained, nothing lost
+            name = signal.Signals(_SignalState.signum).name
+            print(f"pglab: stopped by {name} before training started; nothing to save"
+                  + (f" (the run can still resume from {cfg.ckpt_path})" if cfg.ckpt_path else ""), file=sys.stderr)
+            return {}, 128 + int(_SignalState.signum)
+        if ckpt_world is not None:
+            world = r.trainer.num_devices * r.trainer.num_nodes
+            if world != ckpt_world:
+                print(f"pglab: the checkpoint was trained on {ckpt_world} process(es) and this run has {world}: each "
+                      f"update's global batch becomes {world}/{ckpt_world} of what it was (every process collects its "
+                      "own rollout), and processes the checkpoint had no state for start their shuffling and env "
+                      f"streams afresh; to continue unchanged, resume with trainer.devices × trainer.num_nodes = "
+                      f"{ckpt_world}", file=sys.stderr)
         if ckpt_choices:  # the resumed run's groups are the checkpoint's, whatever this command line defaulted to
             r.module.run_choices = {**(r.module.run_choices or {}), **ckpt_choices}
         # weights_only: a checkpoint is data, never code (see pglab.run.checkpoints)
@@ -302,7 +362,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         if r.module.stop_signal is not None:
             code = 128 + int(r.module.stop_signal)
             name = signal.Signals(r.module.stop_signal).name
-            saved = f"checkpoint {last}; resume: python -m pglab.run.train ckpt_path={last}" if cfg.checkpoint.enabled \
+            saved = f"checkpoint {last}; resume: {resume_command(last, out)}" if cfg.checkpoint.enabled \
                 else "no checkpoint (checkpoint.enabled=false)"
             print(f"pglab: stopped by {name} at {steps} env steps; metrics flushed; {saved}", file=sys.stderr)
         else:
@@ -315,6 +375,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         return metrics, code
     finally:
         finish_wandb()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
 
 
 def _fail(cfg: DictConfig, message: str, detail: str, code: int) -> None:
@@ -348,4 +410,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    install_signal_handlers()  # from process start: a signal while Hydra composes is acted on too
     main()

@@ -164,8 +164,9 @@ class PolicyGradientModule(L.LightningModule):
         Under DDP every rank calls this at the same point: env steps are summed and episodes gathered over ranks,
         so the budget, the LR schedule, the x-axis and the episode metrics are global."""
         if self.world_size > 1:  # one exchange per rollout; every field by name (a new one survives DDP)
-            everyone = all_ranks(dataclasses.asdict(stats) | {"episode_returns": stats.episode_returns.tolist(),
-                                                                "episode_lengths": stats.episode_lengths.tolist()})
+            mine = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+            everyone = all_ranks(mine | {"episode_returns": stats.episode_returns.tolist(),
+                                         "episode_lengths": stats.episode_lengths.tolist()})
             stats = dataclasses.replace(
                 stats, env_steps=sum(e["env_steps"] for e in everyone),
                 episode_returns=torch.tensor([r for e in everyone for r in e["episode_returns"]], dtype=torch.float32),

@@ -49,6 +49,10 @@ class RunFolderGuard(Callback):
     ``on_run_start``, the last moment the old run is intact. A multirun's jobs get their own numbered folders."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import os
+
+        if any(os.environ.get(key, "0") != "0" for key in ("LOCAL_RANK", "NODE_RANK", "RANK")):
+            return  # a DDP worker Lightning launched into rank 0's folder: rank 0 made this check
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -35,3 +37,15 @@ def make_cfg(tmp_path):
 
     yield _make
     GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # build() reads HydraConfig: the next test must not see this one's
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_state(monkeypatch):
+    """An in-process ``wandb.init`` leaves ``WANDB_SERVICE`` in ``os.environ``, and a subprocess started with
+    ``{**os.environ}`` would attach to this pytest process's wandb service; and a test that set ``HydraConfig``
+    itself must not hand it to the next one."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+    HydraConfig.instance().cfg = None

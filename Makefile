@@ -9,7 +9,7 @@ EXTRAS ?= dev,plot,launchers
 ARGS ?=
 TEST_WORKERS ?= auto
 
-.PHONY: help install train test lint bench ladder gpu-check clean
+.PHONY: help install train test lint bench ladder zoo gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ bench: install  ## pglab vs SB3 speed benchmarks, ≈ 9 min (writes benchmarks/r
 
 ladder: install  ## every rung on CartPole + Acrobot, 5 seeds, docs/ladder.md (hours; reduced: ARGS="--steps 50000 --seeds 2 --envs cartpole")
 	$(BIN)/python benchmarks/ladder.py $(ARGS)
+
+zoo: install  ## tuned presets vs SB3 at the same settings, 5 seeds each (hours, resumable; benchmarks/results/zoo.*)
+	$(BIN)/pip install -q -e ".[$(EXTRAS),bench,box2d,mujoco]"
+	$(BIN)/python benchmarks/zoo.py --peers $(ARGS)
 
 gpu-check: install  ## on a CUDA machine: CUDA tests + a short GPU throughput benchmark (< 5 min)
 	WANDB_MODE=disabled $(BIN)/python benchmarks/gpu_check.py

@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["wandb_logger", "resolve_wandb_mode", "finish_wandb", "sync_hint", "CSVLogger", "wandb_reachable"]
+__all__ = ["wandb_logger", "with_env_steps", "resolve_wandb_mode", "finish_wandb", "sync_hint", "CSVLogger",
+           "wandb_reachable"]
 
 WANDB_PROBE_TIMEOUT = 3.0  # seconds: how long an online run may wait to learn the server is unreachable
 WANDB_INIT_TIMEOUT = 30.0  # seconds: wandb.init's own limit once the server answered (its default is 90)
@@ -50,7 +51,7 @@ class CSVLogger(_LightningCSVLogger):
         self._last_flush = time.monotonic()
 
     def log_metrics(self, metrics, step=None) -> None:
-        super().log_metrics(metrics, step)
+        super().log_metrics(with_env_steps(metrics, step), step)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.save()
             self._last_flush = time.monotonic()
@@ -61,6 +62,18 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def with_env_steps(metrics: dict, step: int | None) -> dict:
+    """``metrics`` with ``env_steps`` = ``step`` where the caller did not set it.
+
+    pglab logs every metric with ``step`` = the env-step count of the rollout it describes; callbacks (eval, the
+    running return, a warm start) log their own dicts without an ``env_steps`` key. Without it W&B plots them at
+    the last ``env_steps`` it saw (the previous rollout's: its x-axis is ``define_metric(step_metric="env_steps")``)
+    and the CSV leaves the cell empty."""
+    if step is None or "env_steps" in metrics:
+        return metrics
+    return {**metrics, "env_steps": float(step)}
 
 
 def _has_credentials() -> bool:
@@ -102,7 +115,7 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
 
     ``id``: continue that W&B run (a resumed training run passes the id stored in its checkpoint)."""
     try:
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
     except ImportError as err:  # pragma: no cover - wandb is a core dependency
         raise ImportError("logger=wandb needs the wandb package: pip install wandb (or use logger=csv)") from err
     resolved = resolve_wandb_mode(mode)
@@ -115,9 +128,22 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     import wandb
 
+    class WandbLogger(LightningWandbLogger):  # same class name: pglab finds its W&B logger by it
+        """Lightning's WandbLogger whose every row carries ``env_steps`` (see ``with_env_steps``)."""
+
+        def log_metrics(self, metrics, step=None) -> None:
+            super().log_metrics(with_env_steps(metrics, step), step)
+
     extra = {"id": id, "resume": "allow"} if id else {}
+    # runs can be filtered by preset and group choice (config.algo, config.experiment, config.choices.<group>),
+    # and the command line's overrides are tags, as Hydra's override_dirname
+    from pglab.run.naming import hydra_choices, override_tags
+
+    choices = hydra_choices()
+    extra["config"] = {"choices": choices, "algo": choices.get("algo"), "experiment": choices.get("experiment")}
+    tags = list(dict.fromkeys([*(tags or []), *override_tags()]))
     logger = WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
-                         mode=resolved, tags=list(tags or []),
+                         mode=resolved, tags=tags,
                          settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
     # Lightning always passes wandb.init an `anonymous` argument that W&B ≥ 0.19 deprecates (a warning on every
     # run); pglab never uses anonymous mode, so the argument is dropped at its source

@@ -207,8 +207,8 @@ def _component_problems(estimator, baseline) -> list[str]:
     and what they declare is checked against what they do.
 
     - ``bootstraps_from_value`` must be declared: absent, a value-less configuration would silently give a
-      bootstrapping estimator V ≡ 0. Declared False, the estimator must not read V inside episodes: with every
-      step terminal (nothing to bootstrap), its targets must not change when V does.
+      bootstrapping estimator V ≡ 0. Declared False, the estimator must not read V inside episodes: on episodes
+      that terminate (nothing to bootstrap), its targets must not change when V does.
     - a baseline's declared ``inputs`` are passed by keyword, so each must be one of its parameter names."""
     problems = []
     est, base = _label("estimator", estimator), _label("baseline", baseline)
@@ -229,14 +229,16 @@ def _component_problems(estimator, baseline) -> list[str]:
         problems.append(f"{est} ({component_name(estimator)}) raised on a dummy rollout: {type(err).__name__}: {err} "
                         "(check gamma, lam, nstep_k and the estimator's own arguments)")
     if targets is not None and declared is False:
-        # every step terminal: nothing to bootstrap, so targets that do not read V(s) are the same for any V
-        everything_ends = torch.ones(3, 2, dtype=torch.bool)
+        # one episode per column that terminates at its last row: nothing to bootstrap anywhere, so targets that
+        # do not read V(s) inside episodes are the same for any V
+        ends = torch.zeros(3, 2, dtype=torch.bool)
+        ends[-1] = True
         rewards, all_valid = torch.arange(6.0).reshape(3, 2), torch.ones(3, 2, dtype=torch.bool)
         some_values = torch.linspace(-50.0, 70.0, 6).reshape(3, 2)
         try:
             reads_values = not torch.equal(
-                estimator(rewards, torch.zeros(3, 2), torch.zeros(3, 2), everything_ends, everything_ends, all_valid),
-                estimator(rewards, some_values, some_values.flip(0), everything_ends, everything_ends, all_valid))
+                estimator(rewards, torch.zeros(3, 2), torch.zeros(3, 2), ends, ends, all_valid),
+                estimator(rewards, some_values, some_values.flip(0), ends, ends, all_valid))
         except Exception:  # noqa: BLE001 - a failure here shows in the dummy call above
             reads_values = False
         if reads_values:

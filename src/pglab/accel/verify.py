@@ -160,15 +160,19 @@ def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSe
                 problem = "the diagnostics' names: " + "; ".join(
                     part for part in (f"the reference logs {only_ref} too" if only_ref else "",
                                       f"the lean update logs {only_fast} too" if only_fast else "") if part)
-            for key in sorted(ref_stats) if problem is None else ():
-                problem = _differs(f"diagnostic {key}", fast_stats[key], ref_stats[key])
-                if problem:
-                    break
-            for (name, p), grad in zip(reference.named_parameters(), ref_grads, strict=True) if problem is None else ():
-                problem = _differs(f"the gradient of {name}", lean_grads[name],
-                                   torch.zeros_like(p) if grad is None else grad)
-                if problem:
-                    break
+            if problem is None:
+                keys = sorted(ref_stats)
+                ref_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, ref_grads, strict=True)]
+                # everything in one comparison; only a mismatch is looked up name by name
+                together = _differs("", torch.cat([torch.stack([fast_stats[k] for k in keys]).double(),
+                                                   *[lean_grads[n].flatten() for n, _ in reference.named_parameters()]]),
+                                    torch.cat([torch.stack([ref_stats[k] for k in keys]).double(),
+                                               *[g.flatten() for g in ref_grads]]))
+                if together is not None:
+                    named = [(f"diagnostic {k}", fast_stats[k], ref_stats[k]) for k in keys] + \
+                        [(f"the gradient of {n}", lean_grads[n], g)
+                         for (n, _), g in zip(reference.named_parameters(), ref_grads, strict=True)]
+                    problem = next(filter(None, (_differs(*item) for item in named)), together)
             if problem is not None:
                 break
     return Verdict(problem and f"the lean update disagrees with the reference loss on {problem}",

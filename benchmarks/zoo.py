@@ -436,6 +436,50 @@ def write_report(runs: Path, results_dir: Path, log) -> dict:
     return data
 
 
+README_BEGIN, README_END = "<!-- zoo:begin (benchmarks/zoo.py --readme writes this section) -->", "<!-- zoo:end -->"
+
+
+def readme_section(data: dict) -> str:
+    """The README's "Tuned presets" table from zoo.json's data: env, command, budget, pglab, SB3, published."""
+    lines = [README_BEGIN, "## Tuned presets", "",
+             "PPO presets translated from rl-zoo3's `hyperparams/ppo.yml` (Pong, Breakout: CleanRL's `ppo_atari.py`), "
+             "benchmarked by `make zoo` (`benchmarks/zoo.py`; full table, CIs and curves in "
+             "[benchmarks/results/zoo.md](benchmarks/results/zoo.md)). Scores: IQM over seeds of the deterministic "
+             "evaluation after the last update; SB3 trains the same settings on the same seeds.", "",
+             "| env | command | budget | pglab | SB3 (same settings) | published PPO |", "|---|---|---|---|---|---|"]
+    for env, d in data.items():
+        ref = d["references"][0] if d["references"] else None
+        pub = f"{ref['score']:.1f} @{ref['budget'] / 1e6:g}M ({ref['env_version']})" if ref else "—"
+        cmd = f"`experiment={d['preset']}`"
+        if not d["runs"]:
+            lines.append(f"| {d['env_id']} | {cmd} | {ZOO[env].budget:,} | not run: compute | not run | {pub} |")
+            continue
+        row = d["runs"][0]
+        p, sb = row["pglab"], row["sb3"]
+
+        def cell(side):
+            return "—" if not side else f"{side['eval']['iqm']:.1f} (n={side['eval']['n']})"
+        budget = f"{row['budget']:,}" + (" (reduced)" if row["reduced"] else "")
+        lines.append(f"| {d['env_id']} | {cmd} | {budget} | {cell(p)} | {cell(sb)} | {pub} |")
+    lines += ["", README_END]
+    return "\n".join(lines)
+
+
+def write_readme(data: dict, readme: Path) -> None:
+    text = readme.read_text()
+    section = readme_section(data)
+    if README_BEGIN in text:
+        head, rest = text.split(README_BEGIN, 1)
+        if README_END not in rest:
+            raise ValueError(f"{readme}: {README_BEGIN!r} without {README_END!r}; fix the markers by hand")
+        text = head + section + rest.split(README_END, 1)[1]
+    elif "\n## Layout" in text:
+        text = text.replace("\n## Layout", "\n" + section + "\n\n## Layout", 1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    readme.write_text(text)
+
+
 def plot_curves(runs: Path, data: dict, results_dir: Path) -> None:
     import matplotlib
 
@@ -484,6 +528,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "zoo", help="where the runs live")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where zoo.md/.json/PNGs go")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="also rewrite README.md's Tuned presets section")
     args = parser.parse_args()
 
     def log(msg: str) -> None:
@@ -512,7 +557,10 @@ def main() -> None:
                 for lib in ("pglab", "sb3") if args.peers else ("pglab",):
                     launch(env, lib, seed, steps, args.runs, log)
             write_report(args.runs, args.results, log)
-    write_report(args.runs, args.results, log)
+    data = write_report(args.runs, args.results, log)
+    if args.readme:
+        write_readme(data, ROOT / "README.md")
+        log("rewrote README.md's Tuned presets section")
 
 
 if __name__ == "__main__":

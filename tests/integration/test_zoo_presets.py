@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,10 @@ RL_ZOO = {
 def zoo():
     spec = importlib.util.spec_from_file_location("zoo", ZOO_PY)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["zoo"] = module  # its dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules["zoo"]
 
 
 def _needs(preset: str) -> None:

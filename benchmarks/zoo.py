@@ -4,7 +4,9 @@ For each env: pglab trains ``experiment=<preset>`` on seeds 0..N-1 (one process 
 with ``--peers`` SB3's PPO trains at the *same* settings, translated from the composed pglab config (so the two can
 never drift apart), on the same seeds. Two final scores per run, both libraries scored the same way:
 
-- **train**: the mean return of the last 20 training episodes at the end of the run (``rollout/return_mean20``);
+- **train**: the mean return of the last 20 training episodes (``rollout/return_mean20``, logged per rollout),
+  averaged over the last 10% of the run's rollouts (``pglab.tools.plot.final_score``: one rollout's 20 episodes
+  alone swing by tens of percent on Pendulum);
 - **eval**: the deterministic policy over 10 episodes after the last update, observation statistics frozen — how
   rl-zoo3's ``benchmark.md`` reports (its ``mean_reward`` is a deterministic evaluation of the trained agent).
 
@@ -36,8 +38,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-RL_ZOO_BENCH = "rl-zoo3 benchmark.md, PPO row (DLR-RM/rl-baselines3-zoo@0088472; one agent, deterministic eval)"
-CLEANRL_PPO = "CleanRL docs rl-algorithms/ppo (mean training episodic return over seeds, ± std)"
+RL_ZOO_BENCH = ("rl-zoo3 benchmark.md, PPO row (github.com/DLR-RM/rl-baselines3-zoo/blob/0088472/benchmark.md; one "
+                "agent, deterministic eval)")
+CLEANRL_PPO = ("CleanRL docs.cleanrl.dev/rl-algorithms/ppo (vwxyzjn/cleanrl@7a96de2 docs/rl-algorithms/ppo.md; mean "
+               "training episodic return over seeds, ± std)")
 EVAL_EPISODES = 10
 WINDOW = 20  # training episodes in the "train" score (pglab's rollout/return_mean20)
 
@@ -234,6 +238,7 @@ def sb3_job(preset: str, seed: int, steps: int, run_dir: Path) -> None:
     remaining = steps - model.num_timesteps
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=cb, reset_num_timesteps=not ckpt.exists())
+    model.save(str(run_dir / "final.zip"))  # the trained agent, for looking into a result afterwards
     eval_env = make_vec_env(s["env_id"], n_envs=1, seed=seed + 10_000)
     if isinstance(env, VecNormalize):
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False, **{k: v for k, v in s["normalize"].items()
@@ -344,6 +349,8 @@ def _fmt(st: dict | None) -> str:
 
 def collect(runs: Path) -> dict:
     """Every finished run under ``runs``, per env and budget: the statistics the table shows."""
+    from pglab.tools.plot import final_score
+
     out = {}
     for env in ORDER:
         entry = ZOO[env]
@@ -353,13 +360,14 @@ def collect(runs: Path) -> dict:
         for steps in budgets:
             row = {"budget": steps, "reference_budget": entry.budget, "reduced": steps < entry.budget}
             for lib in ("pglab", "sb3"):
-                results, cpu = [], 0.0
+                results, dirs, cpu = [], [], 0.0
                 for d in sorted((runs / env / f"{lib}-{steps}").glob("seed*")):
                     if (d / "cpu_s.json").exists():
                         cpu += json.loads((d / "cpu_s.json").read_text())["cpu_s"]
                     if (d / "result.json").exists():
                         results.append(json.loads((d / "result.json").read_text()))
-                row[lib] = {"train": _stat([r["train_score"] for r in results]),
+                        dirs.append(d)
+                row[lib] = {"train": _stat([final_score(curve(lib, d)[1]) for d in dirs]),
                             "eval": _stat([r["eval_score"] for r in results]),
                             "seeds": [r["seed"] for r in results], "cpu_s": cpu} if results else None
             rows.append(row)
@@ -402,15 +410,18 @@ def write_report(runs: Path, results_dir: Path, log) -> dict:
     lines = ["# The zoo: tuned presets, pglab vs SB3 at the same settings, and published PPO numbers", "",
              "Produced by `benchmarks/zoo.py` (`make zoo`). Scores: IQM over seeds with a 95% percentile-bootstrap CI "
              "(`pglab.tools.plot`); **eval** = deterministic policy, 10 episodes after the last update (how rl-zoo3's "
-             "benchmark.md reports), **train** = mean of the last 20 training episodes. SB3 runs the settings "
+             "benchmark.md reports), **train** = mean of the last 20 training episodes, averaged over the last 10% of "
+             "rollouts. SB3 runs the settings "
              "translated from the composed pglab config (`sb3_settings`), on the same seeds.", "",
              "| env | preset | budget | pglab eval | pglab train | SB3 eval | SB3 train | published PPO | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     total_cpu = 0.0
+    sources: dict[str, int] = {}
     for env, d in data.items():
         refs = d["references"]
-        pub = "<br>".join(f"{r['score']:.1f} ± {r['spread']:.1f} @{r['budget'] / 1e6:g}M ({r['env_version']}; "
-                          f"{r['source']})" for r in refs)
+        tags = [sources.setdefault(r["source"], len(sources) + 1) for r in refs]
+        pub = "<br>".join(f"{r['score']:.1f} ± {r['spread']:.1f} @{r['budget'] / 1e6:g}M ({r['env_version']}) [{t}]"
+                          for r, t in zip(refs, tags, strict=True))
         if not d["runs"]:
             lines.append(f"| {d['env_id']} | `{d['preset']}` | {ZOO[env].budget:,} | not run: compute | | | | {pub} "
                          "| not run |")
@@ -423,6 +434,7 @@ def write_report(runs: Path, results_dir: Path, log) -> dict:
             lines.append(f"| {d['env_id']} | `{d['preset']}` | {budget} | {_fmt(p and p['eval'])} | "
                          f"{_fmt(p and p['train'])} | {_fmt(s and s['eval']) if s else 'not run'} | "
                          f"{_fmt(s and s['train']) if s else 'not run'} | {pub} | {verdict(row, refs)} |")
+    lines += ["", "Sources of the published numbers:", ""] + [f"{n}. {src}" for src, n in sources.items()]
     lines += ["", f"CPU time of all runs listed (children's user + system): {total_cpu / 60:.1f} min.", "",
               "Published rows are one agent (rl-zoo3; ± = std over its evaluation episodes) or seeds (CleanRL; ± = "
               "std over seeds of the mean training return), often on older env versions (noted) — a yardstick, not a "

@@ -11,7 +11,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-__all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "mark_failed", "FAILED_MARKER"]
+__all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "started_as_other_rank", "mark_failed", "FAILED_MARKER"]
 
 FAILED_MARKER = "FAILED"
 # what a pglab run leaves in its folder once it has results: checkpoints, each logger's files (a run refused at
@@ -42,6 +42,18 @@ def mark_failed(output_dir: str | Path, message: str) -> None:
     (Path(output_dir) / FAILED_MARKER).write_text(message + "\n")
 
 
+# set by Lightning's launcher, torchrun, SLURM, and by hand on a multi-node cluster
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
+
+
+def started_as_other_rank() -> bool:
+    """Whether this process was started as a rank other than global rank 0 (known before Lightning's Trainer
+    exists: from the launcher's environment variables)."""
+    import os
+
+    return any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES)
+
+
 class RunFolderGuard(Callback):
     """Refuses (exit 2, before Hydra writes ``.hydra/`` into it) a single run whose output folder holds another run.
 
@@ -49,10 +61,8 @@ class RunFolderGuard(Callback):
     ``on_run_start``, the last moment the old run is intact. A multirun's jobs get their own numbered folders."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import os
-
-        if any(os.environ.get(key, "0") != "0" for key in ("LOCAL_RANK", "NODE_RANK", "RANK")):
-            return  # a DDP worker Lightning launched into rank 0's folder: rank 0 made this check
+        if started_as_other_rank():
+            return  # a DDP worker (Lightning's launcher: in rank 0's folder; another node): rank 0 made this check
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 

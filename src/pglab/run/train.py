@@ -45,7 +45,7 @@ from pglab.run.checkpoints import (
     truncate_csv,
 )
 from pglab.run.checks import ConfigError, check_combination, check_types
-from pglab.run.hydra_callbacks import mark_failed
+from pglab.run.hydra_callbacks import mark_failed, started_as_other_rank
 from pglab.run.loggers import finish_wandb, sync_hint
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -230,12 +230,6 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
             logger = instantiate(logger_cfg, **({"id": wandb_id} if is_wandb and wandb_id else {}))
         except InstantiationException as err:  # e.g. logger=tensorboard without its package
             raise ConfigError(f"this configuration cannot run:\n  - logger: {err.__cause__ or err}") from err
-        logger.log_hyperparams(module.run_config)
-        if type(logger).__name__ == "WandbLogger":
-            # plot every metric against env steps, not optimizer steps
-            logger.experiment.define_metric("env_steps")
-            logger.experiment.define_metric("*", step_metric="env_steps")
-            module.wandb_id = logger.experiment.id  # a resumed run continues this W&B run
         loggers.append(logger)
     callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20), GracefulStop()]
     out = Path(cfg.paths.output_dir)
@@ -272,6 +266,15 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without CUDA
         raise ConfigError(f"this configuration cannot run:\n  - trainer: {err.__cause__ or err} (trainer=cpu runs "
                           "anywhere; trainer=ddp trainer.accelerator=cpu spreads over CPU processes)") from err
+    # after the Trainer: it sets the process's global rank, which decides who logs (rank 0 only). Before it, a
+    # process of node 1 launched by hand (NODE_RANK=1) took itself for rank 0 and wrote hparams / started W&B
+    for logger in loggers:
+        logger.log_hyperparams(module.run_config)
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            # plot every metric against env steps, not optimizer steps
+            logger.experiment.define_metric("env_steps")
+            logger.experiment.define_metric("*", step_metric="env_steps")
+            module.wandb_id = logger.experiment.id  # a resumed run continues this W&B run
     return Built(trainer, module, datamodule, cfg)
 
 
@@ -314,21 +317,24 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
             wandb_id = ckpt["pglab"].get("wandb_id")
             out.mkdir(parents=True, exist_ok=True)
             hydra_dir = out / ".hydra"
-            if hydra_dir.is_dir():
+            lead = not started_as_other_rank()  # under DDP rank 0 alone rewrites the run's files
+            if hydra_dir.is_dir() and lead:
                 # Hydra wrote the command line's config; the run trains with the checkpoint's algorithm, env and
                 # model, which is what plots and readers of .hydra/config.yaml must see
                 (hydra_dir / "config.yaml").replace(hydra_dir / "config.command_line.yaml")
                 OmegaConf.save(cfg, hydra_dir / "config.yaml")
-            for csv_file in sorted(out.glob("csv/**/metrics.csv")):
+            for csv_file in sorted(out.glob("csv/**/metrics.csv")) if lead else []:
                 # resumed into its own folder: rows logged after the checkpoint are logged again by this run
                 dropped = truncate_csv(csv_file, steps)
                 if dropped:
                     print(f"pglab: dropped {dropped} rows of {csv_file} logged after the checkpoint's {steps} env "
                           "steps (this run logs those steps again)")
-            (out / "resumed_from.json").write_text(json.dumps(
-                {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env_steps": steps, "wandb_id": wandb_id}) + "\n")
-            print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "
-                  f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
+            if lead:
+                (out / "resumed_from.json").write_text(json.dumps(
+                    {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env_steps": steps, "wandb_id": wandb_id})
+                    + "\n")
+                print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "
+                      f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
             del ckpt
         r = build(cfg, wandb_id=wandb_id)
         if _SignalState.signum is not None:  # stopped while the envs were being built: nothing trained, nothing lost
@@ -336,7 +342,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
             print(f"pglab: stopped by {name} before training started; nothing to save"
                   + (f" (the run can still resume from {cfg.ckpt_path})" if cfg.ckpt_path else ""), file=sys.stderr)
             return {}, 128 + int(_SignalState.signum)
-        if ckpt_world is not None:
+        if ckpt_world is not None and r.trainer.is_global_zero:
             world = r.trainer.num_devices * r.trainer.num_nodes
             if world != ckpt_world:
                 print(f"pglab: the checkpoint was trained on {ckpt_world} process(es) and this run has {world}: each "

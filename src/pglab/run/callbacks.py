@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import sys
+import time
 from collections import deque
 
 import lightning as L
@@ -10,7 +13,8 @@ from lightning.pytorch.callbacks import ProgressBar
 
 from pglab.envs.make import run_episodes
 
-__all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar"]
+__all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar", "format_progress", "announce",
+           "job_label"]
 
 
 class EvalCallback(L.Callback):
@@ -82,18 +86,104 @@ def log_videos(trainer: L.Trainer, video_dir: str | None, step: int) -> None:
             logger.log_video("eval/video", [str(videos[-1])], step=step, format=["mp4"])
 
 
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--:--"
+    seconds = int(round(max(seconds, 0.0)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_fields(metrics: dict, done: int, start_steps: int, elapsed: float) -> list[tuple[str, str, str]]:
+    """(long label, short label, value) of what a progress line shows beyond the counter and the ETA, in the order
+    they are given up when the line is too narrow: the last first."""
+    fields = []
+    for key, label, short in (("rollout/return_mean20", "return(20)", "ret"), ("eval/return_mean", "eval", "eval")):
+        if key in metrics:
+            fields.append((label, short, f"{float(metrics[key]):.1f}"))
+    if elapsed > 0 and done > start_steps:
+        fields.append(("", "", f"{(done - start_steps) / elapsed:,.0f} steps/s"))
+    fields.append(("elapsed", "", _clock(elapsed)))
+    return fields
+
+
+def eta_seconds(done: int, total: int, start_steps: int, elapsed: float) -> float | None:
+    if done <= start_steps or elapsed <= 0:
+        return None
+    return max(total - done, 0) * elapsed / (done - start_steps)
+
+
+def format_progress(width: int, done: int, total: int, fields: list[tuple[str, str, str]],
+                    eta: float | None) -> str:
+    """One progress line of at most ``width`` characters.
+
+    The counter (``16,720/60,000 env steps``) and the ETA are kept whole; to fit, the fields are shortened
+    (``return(20)`` → ``ret``), then dropped from the last (elapsed, speed, eval, return), and the bar shrinks
+    (at least 10 cells) or goes. Only a terminal narrower than the counter and ETA themselves cuts the line."""
+    counter = f"{min(done, total):,}/{total:,} env steps"
+    tail = f"ETA {_clock(eta)}"
+
+    def fmt(kept, short):
+        return [f"{(s if short else lab)} {v}".strip() for lab, s, v in kept]
+
+    candidates = []
+    for n in range(len(fields), -1, -1):
+        for short in (False, True):
+            candidates.append(" · ".join([counter, *fmt(fields[:n], short), tail]))
+    for text in candidates:  # with a bar
+        room = width - len("pglab ") - 1 - len(text)
+        if room >= 10:
+            filled = int(room * min(done, total) / total) if total > 0 else room
+            return f"pglab {'━' * filled}{'─' * (room - filled)} {text}"
+    for text in candidates:
+        if len("pglab ") + len(text) <= width:
+            return f"pglab {text}"
+    return f"pglab {counter} · {tail}"[:width]
+
+
+def announce(cfg, out) -> None:
+    """The first line of a run, before W&B, the envs and the network are built: what runs and where it writes."""
+    from pglab.run.naming import hydra_choices
+
+    choices = hydra_choices()
+    what = choices.get("experiment") or choices.get("algo") or "a run"
+    parts = "/".join(choices[k] for k in ("estimator", "baseline", "surrogate") if k in choices)
+    print(f"pglab: {job_label()}training {what}{f' ({parts})' if parts else ''} on {cfg.env.id} for "
+          f"{int(cfg.total_env_steps):,} env steps; outputs in {out}", flush=True)
+
+
+def job_label() -> str:
+    """``job 3 (seed=1): `` under a multirun (whose jobs share one log), else ``""``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    hydra_cfg = HydraConfig.get()
+    overrides = " ".join(hydra_cfg.overrides.task)
+    return f"job {hydra_cfg.job.num}{f' ({overrides})' if overrides else ''}: "
+
+
 class EnvStepProgressBar(ProgressBar):
-    """A progress bar counted in env steps: done/total, the running return, env steps/s and the time left.
+    """Progress counted in env steps: done/total, the running return, the last eval, env steps/s, elapsed, ETA.
 
     Lightning's bars count batches and epochs; pglab's epochs are rollouts of varying size under an env-step
-    budget, so they show "Epoch 392/-2". This one is updated once per rollout (rich, rank 0 only)."""
+    budget, so they show "Epoch 392/-2". On a terminal (``bar``) this is one live line that fits the terminal's
+    width (see ``format_progress``); when stdout is not a terminal (a SLURM or nohup log), or with ``bar=False``
+    (multirun jobs sharing one terminal), it prints a plain line every ``every_s`` seconds and at the end. Rank 0
+    only. Updated when a rollout's metrics are complete: at the next rollout's start and at the end."""
 
-    def __init__(self, total_env_steps: int) -> None:
+    def __init__(self, total_env_steps: int, every_s: float = 30.0, bar: bool | None = None) -> None:
         super().__init__()
-        self.total_env_steps = total_env_steps
+        if every_s <= 0:
+            raise ValueError(f"progress_every_s must be > 0 seconds, got {every_s}")
+        self.total_env_steps, self.every_s, self.bar = total_env_steps, float(every_s), bar
         self._enabled = True
         self._progress = None
         self._task = None
+        self._start_time = None
+        self._start_steps = 0
+        self._last_line = None
+        self.lines_printed = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -101,28 +191,61 @@ class EnvStepProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def _state(self, trainer: L.Trainer, module) -> tuple[int, list, float | None]:
+        done = int(module.env_steps)
+        elapsed = time.monotonic() - self._start_time
+        fields = progress_fields(trainer.callback_metrics, done, self._start_steps, elapsed)
+        return done, fields, eta_seconds(done, self.total_env_steps, self._start_steps, elapsed)
+
     def on_train_start(self, trainer: L.Trainer, module) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self._start_time, self._start_steps = time.monotonic(), int(module.env_steps)
+        use_bar = sys.stdout.isatty() if self.bar is None else self.bar and sys.stdout.isatty()
+        if not use_bar:
+            self._last_line = time.monotonic()
+            return
+        from rich.progress import Progress, ProgressColumn
+        from rich.text import Text
 
-        self._progress = Progress(TextColumn("[bold]pglab"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("env steps"), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        bar = self
+
+        class Line(ProgressColumn):
+            def render(self, task) -> Text:
+                done, fields, eta = task.fields["state"]
+                if bar._start_time is not None:  # elapsed and ETA move between rollouts too
+                    elapsed = time.monotonic() - bar._start_time
+                    fields = [f if f[0] != "elapsed" else ("elapsed", "", _clock(elapsed)) for f in fields]
+                    eta = eta_seconds(done, bar.total_env_steps, bar._start_steps, elapsed) if done else eta
+                width = bar._progress.console.width - 1  # the last column: some terminals wrap on it
+                return Text(format_progress(width, done, bar.total_env_steps, fields, eta))
+
+        self._progress = Progress(Line(), auto_refresh=True, refresh_per_second=4, transient=False)
         self._progress.start()
         self._task = self._progress.add_task("train", total=self.total_env_steps,
-                                             completed=min(int(module.env_steps), self.total_env_steps), info="")
+                                             state=(self._start_steps, [], None))
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
-        if self._progress is None:
+    def _update(self, trainer: L.Trainer, module, final: bool = False) -> None:
+        if self._start_time is None:
             return
-        metrics = trainer.callback_metrics
-        parts = []
-        for key, label, fmt in (("rollout/return_mean20", "return(20)", "{:.1f}"),
-                                ("eval/return_mean", "eval", "{:.1f}"), ("perf/sps", "", "{:,.0f} steps/s")):
-            if key in metrics:
-                parts.append(f"{label} {fmt.format(float(metrics[key]))}".strip())
-        self._progress.update(self._task, completed=min(int(module.env_steps), self.total_env_steps),
-                              info=" · ".join(parts))
+        done, fields, eta = self._state(trainer, module)
+        if self._progress is not None:
+            self._progress.update(self._task, state=(done, fields, eta))
+            return
+        now = time.monotonic()
+        if final or now - self._last_line >= self.every_s:
+            self._last_line = now
+            share = f" ({100 * min(done, self.total_env_steps) / self.total_env_steps:.0f}%)" \
+                if self.total_env_steps > 0 else ""
+            extras = " · ".join(f"{label} {value}".strip() for label, _, value in fields)
+            print(f"pglab: {job_label()}{min(done, self.total_env_steps):,}/{self.total_env_steps:,} env steps"
+                  f"{share} · {extras} · ETA {_clock(0.0 if final else eta)}", flush=True)
+            self.lines_printed += 1
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module) -> None:
+        # the previous rollout's metrics are all in now: the module and the eval callback log at epoch end
+        if trainer.current_epoch > 0:
+            self._update(trainer, module)
 
     def _stop(self) -> None:
         if self._progress is not None:
@@ -130,7 +253,9 @@ class EnvStepProgressBar(ProgressBar):
             self._progress = None
 
     def on_train_end(self, trainer: L.Trainer, module) -> None:
+        self._update(trainer, module, final=True)
         self._stop()
+        self._start_time = None
 
     def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
         self._stop()

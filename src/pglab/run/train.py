@@ -33,7 +33,7 @@ from pglab.envs.make import EnvConfig, check_env_api, require_video_support
 from pglab.learner.module import NonFiniteError, PolicyGradientModule
 from pglab.models.build import build_policy
 from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
-from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker
+from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker, announce, job_label
 from pglab.run.checkpoints import (
     AtomicModelCheckpoint,
     CheckpointError,
@@ -257,9 +257,10 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
         except InstantiationException as err:
             raise ConfigError(f"this configuration cannot run:\n  - callbacks.{name}: {err.__cause__ or err}") from err
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    progress = bool(cfg.trainer.enable_progress_bar) and not multirun  # many jobs: no bars
-    if progress:
-        callbacks.append(EnvStepProgressBar(cfg.total_env_steps))
+    progress = bool(cfg.trainer.enable_progress_bar)
+    if progress:  # a live bar on a terminal; plain lines in a log, and for multirun jobs (they share a terminal)
+        callbacks.append(EnvStepProgressBar(cfg.total_env_steps, every_s=float(cfg.get("progress_every_s", 30)),
+                                            bar=None if not multirun else False))
     try:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                               enable_checkpointing=bool(cfg.checkpoint.enabled), enable_progress_bar=progress)
@@ -304,6 +305,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
     try:
         cfg, ckpt = prepare_resume(cfg)
         out = Path(cfg.paths.output_dir)
+        announce(cfg, out)  # before W&B, envs and network: what runs and where it writes
         wandb_id, ckpt_choices, ckpt_world = None, None, None
         if ckpt is not None:
             ckpt_world = len(ckpt["pglab"].get("rng_per_rank") or [None])
@@ -372,7 +374,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                 else "no checkpoint (checkpoint.enabled=false)"
             print(f"pglab: stopped by {name} at {steps} env steps; metrics flushed; {saved}", file=sys.stderr)
         else:
-            print(f"pglab: {steps} env steps, last mean episode return "
+            print(f"pglab: {job_label()}finished: {steps} env steps, last mean episode return "
                   f"{metrics.get('rollout/episode_return', math.nan):.1f} ({r.module.update_path} updates); "
                   f"outputs in {out}")
         hint = sync_hint(str(out))

@@ -66,12 +66,15 @@ def require_video_support(env_id: str | None = None) -> None:
         try:
             env = gym.make(resolve_env_id(env_id), render_mode="rgb_array")
             env.reset(seed=0)
-            env.render()
+            frame = env.render()
             env.close()
+            if frame is None:  # an env that accepts render_mode but draws nothing
+                raise ValueError("its render() returned no frame")
         except gym.error.DependencyNotInstalled as err:
             raise ImportError(f"rendering {env_id} for video needs an optional dependency: {err} "
                               "(pip install 'pglab[video]' covers classic control; or set eval.video=false)") from err
-        except (ValueError, gym.error.Error) as err:  # e.g. an env that renders text only (render_modes: ansi)
+        # e.g. an env that renders text only (render_modes: ansi), or whose constructor takes no render_mode
+        except (ValueError, TypeError, gym.error.Error) as err:
             raise ImportError(f"{env_id} cannot render frames for video ({err}): set eval.video=false") from err
 
 

@@ -294,6 +294,19 @@ def _lightning_checkpoints():
             if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking:
                 save_checkpoint_atomic(trainer, self.path)
 
+        def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+            # a non-finite stop rolls the weights back to the rollout's start before raising: that state is worth
+            # keeping, once checked finite. Any other exception (an env raising mid-rollout) leaves the state
+            # mid-epoch: the previous last.ckpt, an epoch boundary, is the one to resume from. One process only: a
+            # save under DDP is collective, and the other ranks may not be here
+            if type(exception).__name__ not in ("NonFiniteError", "NonFiniteRolloutError") or trainer.world_size > 1:
+                return
+            import torch
+
+            params = [p for p in module.parameters() if p.is_floating_point()]
+            if params and all(bool(torch.isfinite(p).all()) for p in params):
+                save_checkpoint_atomic(trainer, self.path)
+
     return AtomicModelCheckpoint, PeriodicLastCheckpoint
 
 

@@ -186,6 +186,12 @@ def _numeric_problems(cfg: DictConfig, estimator, baseline) -> list[str]:
         problems.append(f"trainer.strategy={strategy} is not supported: the spawn/fork strategies pickle or fork the "
                         "DataModule's environments, and sharded strategies do not fit pglab's manual optimisation; "
                         "use trainer=ddp (one process per device, each with its own envs)")
+    hidden = cfg.model.get("hidden")
+    if isinstance(hidden, (list, tuple)) or OmegaConf.is_list(hidden):
+        if any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+            problems.append(f"model.hidden sizes must be integers >= 1, got {list(hidden)}: a layer of width 0 cuts "
+                            "the observation off and the policy ignores its input (model.hidden=[] is a linear "
+                            "policy)")
     if learner.max_grad_norm is not None and learner.max_grad_norm <= 0:
         problems.append(f"learner.max_grad_norm must be > 0 or null, got {learner.max_grad_norm}")
     if learner.minibatches_per_step is not None and learner.minibatches_per_step < 1:

@@ -9,7 +9,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "started_as_other_rank", "mark_failed", "FAILED_MARKER"]
 
@@ -79,10 +79,25 @@ class JobSummary(Callback):
     many jobs succeeded and, for each failure, its overrides, error and output directory — so one failing job
     neither hides the others' results nor goes unnoticed."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import shutil
+
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+        if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+            # submitit would fail with a traceback from inside its subprocess call
+            print("pglab: refusing to start: hydra/launcher=slurm* submits jobs with sbatch, which is not on this "
+                  "machine's PATH: launch from a SLURM login node, or use hydra/launcher=joblib (parallel jobs on "
+                  "this machine) or the default launcher", file=sys.stderr)
+            sys.exit(2)
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.FAILED:  # pglab.run.train catches its own failures; this is the backstop
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        # the FAILED marker feeds the multirun summary; a single run reports its own failure and leaves none
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if job_return.status == JobStatus.FAILED and multirun:  # pglab.run.train catches its own: the backstop
             exc = job_return._return_value
-            from hydra.core.hydra_config import HydraConfig
 
             # the job's output folder, not its working directory (which is the launch folder: hydra.job.chdir=false)
             output_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else job_return.working_dir
@@ -95,7 +110,9 @@ class JobSummary(Callback):
         print(f"pglab: multirun finished: {len(jobs) - len(failed)} of {len(jobs)} jobs succeeded ({sweep_dir})",
               file=sys.stderr)
         for job in failed:
-            first_line = (job / FAILED_MARKER).read_text().strip().splitlines()[0]
+            lines = [line for line in (job / FAILED_MARKER).read_text().strip().splitlines() if line.strip()]
+            # the error, not a traceback's header: a bare traceback ends with the exception's own line
+            first_line = (lines[-1] if lines[0].startswith("Traceback (") else lines[0]) if lines else "(no message)"
             print(f"pglab: job FAILED: {job.name}\n       {first_line}\n       (details: {job / FAILED_MARKER})",
                   file=sys.stderr)
         if failed:

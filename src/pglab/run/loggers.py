@@ -88,7 +88,7 @@ def _has_credentials() -> bool:
 
 def resolve_wandb_mode(mode: str | None) -> str:
     """The config's mode, else $WANDB_MODE, else online with credentials and offline without."""
-    mode = mode or os.environ.get("WANDB_MODE")
+    mode = mode or os.environ.get("WANDB_MODE") or None  # WANDB_MODE= (empty) is unset, not a bad mode
     if mode in ("dryrun",):
         mode = "offline"
     if mode is None:
@@ -99,14 +99,24 @@ def resolve_wandb_mode(mode: str | None) -> str:
 
 
 def wandb_reachable(timeout: float = WANDB_PROBE_TIMEOUT) -> bool:
-    """Whether the W&B server ($WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection within ``timeout``."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    """Whether the W&B server ($WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection and answers an HTTP
+    request (any status) within ``timeout`` each: a server that accepts connections and never answers made
+    ``wandb.init`` wait 51 s before failing."""
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    url = urlparse(base)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
-            return True
-    except OSError:
+            pass
+        urllib.request.urlopen(urllib.request.Request(base, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # it answered (401, 404, ...): what it thinks of the request is wandb.init's business
+    except (OSError, ValueError):  # refused, unresolvable, timed out, not HTTP
         return False
+    return True
 
 
 def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str | None = None,
@@ -142,12 +152,29 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
     choices = hydra_choices()
     extra["config"] = {"choices": choices, "algo": choices.get("algo"), "experiment": choices.get("experiment")}
     tags = list(dict.fromkeys([*(tags or []), *override_tags()]))
-    logger = WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
-                         mode=resolved, tags=tags,
-                         settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
-    # Lightning always passes wandb.init an `anonymous` argument that W&B ≥ 0.19 deprecates (a warning on every
-    # run); pglab never uses anonymous mode, so the argument is dropped at its source
-    logger._wandb_init.pop("anonymous", None)
+    def make(mode: str):
+        logger = WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
+                             mode=mode, tags=tags, settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
+        # Lightning always passes wandb.init an `anonymous` argument that W&B ≥ 0.19 deprecates (a warning on every
+        # run); pglab never uses anonymous mode, so the argument is dropped at its source
+        logger._wandb_init.pop("anonymous", None)
+        return logger
+
+    logger = make(resolved)
+    from pglab.run.hydra_callbacks import started_as_other_rank
+
+    if resolved == "online" and not started_as_other_rank():
+        # wandb.init now, where a server error (401 for a bad key, 5xx, a timeout) can still become an offline run
+        # with a notice, instead of a traceback at the first log call (rank 0 only: the others never init)
+        try:
+            logger.experiment  # noqa: B018 - the property runs wandb.init
+        except Exception as err:  # noqa: BLE001 - any server-side failure: the run must not die of its logger
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            print(f"pglab: W&B init failed ({type(err).__name__}: {reason}); logging offline instead (upload "
+                  "later with wandb sync)", file=sys.stderr)
+            if getattr(wandb, "run", None) is not None:
+                wandb.finish(exit_code=1)
+            logger = make("offline")
     return logger
 
 

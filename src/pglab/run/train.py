@@ -38,6 +38,7 @@ from pglab.run.checkpoints import (
     AtomicModelCheckpoint,
     CheckpointError,
     PeriodicLastCheckpoint,
+    check_finite_weights,
     load_checkpoint,
     named_targets,
     resume_config,
@@ -288,6 +289,7 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         current = OmegaConf.to_container(cfg, resolve=True)
         # the command line's own config is the user's: a target it names is trusted in the checkpoint's too
         ckpt = load_checkpoint(cfg.ckpt_path, trusted=tuple(name for _, _, name in named_targets(current)))
+        check_finite_weights(ckpt, cfg.ckpt_path)  # a diverged run's state: resuming it trains nothing
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         payload = ckpt["pglab"]
         merged = resume_config(current, payload["config"], overrides,
@@ -387,6 +389,21 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
             signal.signal(signum, handler)
 
 
+def _kept_checkpoint(cfg: DictConfig, finite_only: bool = False) -> str | None:
+    """``<output>/checkpoints/last.ckpt (N env steps)`` if it exists (and, with ``finite_only``, holds finite policy
+    weights), else None: what a failed run's message may promise."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not (cfg.checkpoint.enabled and last.is_file()):
+        return None
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        if finite_only:
+            check_finite_weights(ckpt, last)
+    except Exception:  # noqa: BLE001 - unreadable or non-finite: nothing to promise
+        return None
+    return f"{last} ({int(ckpt['state_dict'].get('env_steps', 0))} env steps)"
+
+
 def _fail(cfg: DictConfig, message: str, detail: str, code: int) -> None:
     """Report a failed run: one line (or a refusal) on stderr; under multirun a FAILED file and the sweep goes on."""
     print(f"pglab: {message}", file=sys.stderr)
@@ -403,14 +420,21 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         return _fail(cfg, str(err), f"ConfigError: {err}", EXIT_REFUSED)
     except (NonFiniteError, NonFiniteRolloutError) as err:
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        kept = f"; the last finite state is in {last}" if cfg.checkpoint.enabled and last.exists() else ""
-        return _fail(cfg, f"stopped: {err}{kept}", f"{type(err).__name__}: {err}\n{traceback.format_exc()}",
-                     EXIT_NONFINITE)
+        kept = _kept_checkpoint(cfg, finite_only=True)
+        return _fail(cfg, f"stopped: {err}{'; the last finite state is in ' + kept if kept else ''}",
+                     f"{type(err).__name__}: {err}\n{traceback.format_exc()}", EXIT_NONFINITE)
     except Exception as err:
+        # the first line of the detail is the error itself (the multirun summary shows it), then the traceback
+        detail = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
         if HydraConfig.get().mode != RunMode.MULTIRUN:
-            raise
-        return _fail(cfg, f"job failed: {type(err).__name__}: {err}", traceback.format_exc(), 1)
+            traceback.print_exc()  # the failing code's own traceback (often the env's), then what it means
+            kept = _kept_checkpoint(cfg)
+            out = Path(cfg.paths.output_dir)
+            saved = (f"the last checkpoint is kept: {kept}; resume: "
+                     f"{resume_command(out / 'checkpoints' / 'last.ckpt', out)}") if kept else \
+                "no checkpoint was written before it (checkpoint.every_n_epochs sets how often)"
+            return _fail(cfg, f"the run failed: {type(err).__name__}: {err}; {saved}", detail, 1)
+        return _fail(cfg, f"job failed: {type(err).__name__}: {err}", detail, 1)
     if code:
         sys.exit(code)
     # the objective for sweepers (Optuna maximises it): the running mean of the last 20 episodes

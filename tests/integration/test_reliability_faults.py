@@ -164,3 +164,10 @@ def test_slurm_launcher_without_sbatch_is_refused(tmp_path):
                   cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "sbatch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lean_gradients_with_lightning_optimizer_is_a_refusal_not_a_traceback(tmp_path):
+    proc = _train(ENV, *SMALL, "learner.gradients=lean", "learner.lightning_optimizer=true", "total_env_steps=256",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "learner.gradients=lean does not cover this run" in proc.stderr and "Traceback" not in proc.stderr

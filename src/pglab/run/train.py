@@ -357,7 +357,14 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         if ckpt_choices:  # the resumed run's groups are the checkpoint's, whatever this command line defaulted to
             r.module.run_choices = {**(r.module.run_choices or {}), **ckpt_choices}
         # weights_only: a checkpoint is data, never code (see pglab.run.checkpoints)
-        r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        try:
+            r.trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        except ValueError as err:
+            if r.module.update is not None:
+                raise
+            # raised before the module chose its update (fit start, e.g. learner.gradients=lean where it does not
+            # apply): nothing has run yet, so it is a refusal like any other start-up check
+            raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
         last = out / "checkpoints" / "last.ckpt"
         if cfg.checkpoint.enabled and not r.trainer.interrupted:
             # the periodic checkpoints may predate the last epoch: last.ckpt is always the final state

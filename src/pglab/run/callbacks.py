@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from pglab.envs.make import run_episodes
 
 __all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar", "format_progress", "announce",
-           "job_label"]
+           "job_label", "ReplayFirstRollout", "PhaseTimer"]
 
 
 class EvalCallback(L.Callback):
@@ -330,3 +330,67 @@ class SolveTracker(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.returns = deque(state["returns"], maxlen=self.window)
         self.solved_at = state["solved_at"]
+
+
+class ReplayFirstRollout(L.Callback):
+    """``debug=overfit``: every epoch after the first trains on the first epoch's rollout again (its minibatches
+    reshuffled), so the env-step count stops and ``trainer.max_epochs`` ends the run. An update that cannot lower
+    its losses on data it sees over and over is broken; the per-epoch ``train/*_loss`` show it."""
+
+    def __init__(self) -> None:
+        self.loader = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        if self.loader is None:
+            self.loader = trainer.train_dataloader  # the DataLoader the first rollout was collected into
+            loader = self.loader
+            trainer.datamodule.train_dataloader = lambda: loader  # Lightning reloads it every epoch
+
+
+class PhaseTimer(L.Callback):
+    """Wall-clock seconds per phase of training: collection (the dataloader reload between epochs, where the
+    rollout is collected), updates (the training steps) and the rest of each epoch (metrics, eval, checkpoints,
+    Lightning's loop). Written to ``path`` (JSON) and printed at the end (``debug=profiler``)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.seconds = {"collect": 0.0, "update": 0.0, "epoch_end_and_loop": 0.0}
+        self.epochs = 0
+        self._mark = None
+        self._batch = None
+        self._start = None
+
+    def on_train_start(self, trainer, module) -> None:
+        self._start = self._mark = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        now = time.perf_counter()
+        # the first epoch's rollout was collected before training started; later ones since the last epoch's end
+        self.seconds["collect"] += now - self._mark
+        self._mark = now
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._batch = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seconds["update"] += time.perf_counter() - self._batch
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.epochs += 1
+        self._mark = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        if self._start is None or not trainer.is_global_zero:
+            return
+        total = time.perf_counter() - self._start
+        self.seconds["epoch_end_and_loop"] = max(total - self.seconds["collect"] - self.seconds["update"], 0.0)
+        report = {"epochs": self.epochs, "total_s": total, "seconds": self.seconds,
+                  "share": {k: v / total for k, v in self.seconds.items()} if total > 0 else {}}
+        if self.path:
+            import json
+            from pathlib import Path
+
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).write_text(json.dumps(report, indent=2) + "\n")
+        print("pglab: phases: " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in self.seconds.items())
+              + f" of {total:.2f} s over {self.epochs} rollouts", flush=True)

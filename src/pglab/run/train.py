@@ -305,6 +305,12 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
     """Train one configuration; returns the final logged metrics (floats) and the exit code (0, or 128 + signal)."""
     previous_handlers = install_signal_handlers()
     try:
+        # -- population (issue 20): population=P > 1 trains P seeds in one process; 1 is the single run below --
+        from pglab.run.population import is_population, run_population
+
+        if is_population(cfg):
+            return run_population(cfg)
+        # -- end population --
         cfg, ckpt = prepare_resume(cfg)
         out = Path(cfg.paths.output_dir)
         announce(cfg, out)  # before W&B, envs and network: what runs and where it writes

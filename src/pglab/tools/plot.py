@@ -45,6 +45,7 @@ import argparse
 import csv
 import glob
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -462,7 +463,7 @@ def plot_curves(groups: Sequence[Group], out: Path, metric: str, x_key: str, tit
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pglab.tools.plot",
-        description="Learning curves (IQM over runs, 95%% bootstrap CI) and a final-score table from the "
+        description="Learning curves (IQM over runs, 95% bootstrap CI) and a final-score table from the "
                     "csv/metrics.csv files of pglab runs (e.g. a Hydra multirun directory).")
     p.add_argument("paths", nargs="+", help="run or multirun directories, metrics.csv files, or glob patterns")
     p.add_argument("--group-by", nargs="+", default=None, metavar="KEY",
@@ -470,8 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the keys that differ between runs, seed excluded")
     p.add_argument("--metric", default="rollout/episode_return", help="metric column (default: %(default)s)")
     p.add_argument("--x", default="env_steps", help="x-axis column (default: %(default)s)")
-    p.add_argument("--out", default="curves.png", help="PNG to write (default: %(default)s)")
-    p.add_argument("--table", default="scores.md", help="markdown table to write (default: %(default)s)")
+    p.add_argument("--out", default=None, help="PNG to write ('' for none; default: curves.png in the runs' common "
+                                               "folder, not the current one)")
+    p.add_argument("--table", default=None, help="markdown table to write ('' for none; default: scores.md beside "
+                                                 "the curves)")
     p.add_argument("--title", default=None, help="plot title (default: the metric and env)")
     p.add_argument("--points", type=int, default=200, help="x grid points per group (default: %(default)s)")
     p.add_argument("--resamples", type=int, default=2000,
@@ -491,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         _stats()
-        if args.out:
+        if args.out is None or args.out:  # None: the default file
             _matplotlib()
     except ImportError as err:
         return fail(str(err))
@@ -510,16 +513,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             columns = next(csv.reader(f), [])
         return fail(f"none of the {len(run_dirs)} runs logged {args.metric!r} against {args.x!r}; "
                     f"columns of {run_dirs[0] / 'csv' / 'metrics.csv'}: {', '.join(columns)}")
+    common = Path(os.path.commonpath([str(Path(r).resolve()) for r in run_dirs]))
+    if args.out is None:
+        args.out = str(common / "curves.png")
+    if args.table is None:
+        args.table = str(common / "scores.md")
     keys = args.group_by if args.group_by is not None else default_group_keys(runs)
     groups = group_runs(runs, keys)
     for i, g in enumerate(groups):
         aggregate_curves(g, points=args.points, resamples=args.resamples, seed=args.seed + i)
     rows = score_table(groups, last_frac=args.last_frac, resamples=args.resamples, seed=args.seed)
+    for g in groups:
+        if 1 < len(g.runs) < 5:
+            print(f"pglab.tools.plot: {g.label}: {len(g.runs)} runs only; its 95% band and "
+                  "CI are a bootstrap over so few values and say little (5 or more seeds make them meaningful)",
+                  file=sys.stderr)
     table = format_table(rows, args.metric, args.last_frac, args.resamples, args.x)
     for r in rows:
         if r.last_x and r.last_x[0] != r.last_x[1]:
-            print(f"pglab.tools.plot: {r.group}: runs end at {args.x} {_si(r.last_x[0])} to {_si(r.last_x[1])}; the curve "
-                  "beyond the shortest is over the runs still going (dashed), the table scores each run at its end",
+            print(f"pglab.tools.plot: {r.group}: runs end at {args.x} {_si(r.last_x[0])} to {_si(r.last_x[1])}; "
+                  "the curve beyond the shortest is over the runs still going (dashed), the table scores each run at "
+                  "its end",
                   file=sys.stderr)
     print(f"pglab.tools.plot: {len(runs)} run(s) in {len(groups)} group(s) (by {', '.join(keys) or 'nothing'})")
     print(table, end="")

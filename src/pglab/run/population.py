@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import lightning as L
-from gymnasium.wrappers import vector as vw
 import torch
+from gymnasium.wrappers import vector as vw
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -29,8 +29,7 @@ from pglab.envs.make import EnvConfig, check_env_api, find_wrapper, make_vector_
 from pglab.learner.population import PopulationLearner, population_unsupported
 from pglab.models.build import build_policy
 from pglab.rollout.datamodule import NonFiniteRolloutError, check_rollout_finite
-from pglab.rollout.population import MemberMinibatches, PopulationCollector, flat_member, member_batches, \
-    stack_padded
+from pglab.rollout.population import MemberMinibatches, PopulationCollector, flat_member, member_batches, stack_padded
 from pglab.run.checks import ConfigError, check_combination, check_types
 
 __all__ = ["population_seeds", "check_population", "build_population", "run_population", "Population"]
@@ -276,9 +275,10 @@ def run_population(cfg: DictConfig) -> tuple[dict[str, float], int]:
     member stopped on a non-finite value (the others trained on), 128 + signal when stopped by one."""
     pop = build_population(cfg)
     P = len(pop.seeds)
-    print(f"pglab: population of {P} (seeds {pop.seeds}), vectorised with torch.func over {type(pop.learner.base).__name__}"
-          f"; outputs in {pop.out}/member-<k>/ (CSV and checkpoints per member; eval callbacks and W&B are not run "
-          "for populations)", flush=True)
+    network = type(pop.learner.base).__name__
+    print(f"pglab: population of {P} (seeds {pop.seeds}), vectorised with torch.func over {network}; "
+          f"outputs in {pop.out}/member-<k>/ (CSV and checkpoints per member; eval callbacks and "
+          "W&B are not run for populations)", flush=True)
     pop.open_outputs()
     last: list[dict] = [{} for _ in range(P)]
     reported: set[int] = set()

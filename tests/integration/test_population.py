@@ -1,0 +1,164 @@
+"""population=P end to end on real gymnasium envs, against single runs and brute-force estimators."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from pglab.envs.make import EnvConfig, make_vector_env
+from pglab.models.build import build_policy
+from pglab.rollout.population import flat_member
+from pglab.run.checks import ConfigError
+from pglab.run.population import build_population
+from pglab.run.train import build, run
+
+QUIET = ["eval.enabled=false", "checkpoint.enabled=false", "learner.gradients=autograd"]
+
+
+def single_run_parameters(make_cfg, tmp_path, steps: int) -> dict[str, torch.Tensor]:
+    r = build(make_cfg(f"total_env_steps={steps}", *QUIET, output_dir=tmp_path / "single"))
+    r.trainer.fit(r.module, datamodule=r.datamodule)
+    return {n: p.detach().clone() for n, p in r.module.policy.named_parameters()}
+
+
+def population_parameters(make_cfg, tmp_path, steps: int) -> dict[str, torch.Tensor]:
+    pop = build_population(make_cfg(f"total_env_steps={steps}", *QUIET, "population=[0]",
+                                    output_dir=tmp_path / "pop"))
+    while any(pop.learner.trainable()):
+        pop.iteration()
+    pop.close()
+    return pop.learner.member_parameters(0)
+
+
+def test_population_of_one_is_the_single_run(make_cfg, tmp_path):
+    # one rollout and its 20 updates: bit for bit (same env seeds, initial weights, action noise, shuffles, Adam)
+    single, pop = single_run_parameters(make_cfg, tmp_path, 1), population_parameters(make_cfg, tmp_path, 1)
+    for name, value in single.items():
+        assert torch.equal(pop[name], value), name
+    # three rollouts: the vmapped matmuls round differently from the single run's fused actor and addmm in the
+    # last bits, so equal to float32 rounding (the trajectories themselves are the same)
+    single, pop = single_run_parameters(make_cfg, tmp_path, 600), population_parameters(make_cfg, tmp_path, 600)
+    for name, value in single.items():
+        torch.testing.assert_close(pop[name], value, rtol=0, atol=1e-6)
+
+
+def brute_force_gae(rewards, values, next_values, terminated, done, gamma=0.99, lam=0.95):
+    T, N = rewards.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        running = 0.0
+        for t in reversed(range(T)):
+            bootstrap = 0.0 if terminated[t, n] else next_values[t, n]
+            delta = rewards[t, n] + gamma * bootstrap - values[t, n]
+            running = delta + (0.0 if done[t, n] else gamma * lam * running)
+            adv[t, n] = running
+    return adv + values
+
+
+def test_each_member_collects_and_estimates_on_its_own(make_cfg, tmp_path):
+    pop = build_population(make_cfg("population=3", "seed=5", *QUIET, "collector.num_steps=64"))
+    try:
+        rollouts = pop.collector.collect(pop.learner.act, pop.learner.value)
+        nets = []
+        for k, seed in enumerate([5, 6, 7]):
+            # the member's envs start where a separate run's with its seed start
+            fresh = make_vector_env(EnvConfig(**{**pop.cfg.env}))
+            first, _ = fresh.reset(seed=seed)
+            fresh.close()
+            np.testing.assert_array_equal(rollouts[k].obs[0].numpy(), first.astype(np.float32))
+            # the rollout was collected by member k's own weights
+            net = build_policy(dict(pop.cfg.model), pop.envs[k].single_observation_space,
+                               pop.envs[k].single_action_space)
+            net.load_state_dict(pop.learner.member_parameters(k))
+            nets.append(net)
+            r = rollouts[k]
+            ev = net.evaluate(r.obs.reshape(-1, r.obs.shape[-1]), r.actions.reshape(-1))
+            torch.testing.assert_close(ev.logp.reshape(r.logp.shape), r.logp, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ev.values.reshape(r.values.shape), r.values, rtol=1e-5, atol=1e-6)
+            # targets and advantages: a brute-force GAE loop over this member's rollout alone
+            flat, _ = flat_member(r, pop.estimator, pop.baseline)
+            targets = brute_force_gae(*(x.double().numpy() for x in (r.rewards, r.values, r.next_values,
+                                                                      r.terminated, r.done)),
+                                      gamma=float(pop.cfg.gamma), lam=float(pop.cfg.lam))
+            valid = r.valid.numpy()
+            np.testing.assert_allclose(flat["targets"].numpy(), targets[valid], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(flat["advantages"].numpy(), targets[valid] - r.values.numpy()[valid],
+                                       rtol=1e-4, atol=1e-4)
+        # three different networks and three different trajectories
+        assert not torch.equal(rollouts[0].obs, rollouts[1].obs)
+        assert not torch.equal(nets[0].value_out.weight, nets[1].value_out.weight)
+    finally:
+        pop.close()
+
+
+def test_target_kl_stops_each_member_alone(make_cfg, tmp_path):
+    """Record each member's approx-KL per update without early stop; then a threshold between two members' KL at
+    the same update stops the one above it there, and only it."""
+    def first_rollout(target_kl):
+        pop = build_population(make_cfg("population=2", *QUIET, "learner.lr=3e-3",
+                                        f"learner.target_kl={target_kl}"))
+        kls: list[list[float]] = [[], []]
+        step = pop.learner.step
+
+        def recording(batch, active):
+            applied, stats = step(batch, active)
+            for k in range(2):
+                if applied[k]:
+                    kls[k].append(float(stats["approx_kl"][k]))
+            return applied, stats
+
+        pop.learner.step = recording
+        pop.iteration()
+        pop.close()
+        return kls, [m.updates for m in pop.learner.members]
+
+    kls, updates = first_rollout("null")
+    assert updates[0] == updates[1] == len(kls[0]) > 4
+    i = next(i for i in range(1, len(kls[0])) if abs(kls[0][i] - kls[1][i]) > 1e-4 and max(kls[0][:i] + kls[1][:i])
+             < min(kls[0][i], kls[1][i]))
+    high, low = (0, 1) if kls[0][i] > kls[1][i] else (1, 0)
+    threshold = (kls[0][i] + kls[1][i]) / 2
+    _, updates = first_rollout(threshold)
+    assert updates[high] == i + 1  # this update happened, the rest of the rollout's did not
+    assert updates[low] > i + 1  # the other member went on
+
+
+def test_outputs_per_member_read_as_runs(make_cfg, tmp_path):
+    from pglab.run.checkpoints import load_checkpoint
+    from pglab.tools import plot
+    from pglab.tools.evaluate import build_checkpoint_policy, make_eval_envs
+
+    out = tmp_path / "run"
+    cfg = make_cfg("population=2", "seed=3", "total_env_steps=600", "logger=csv", "eval.enabled=false",
+                   output_dir=out)
+    metrics, code = run(cfg)
+    assert code == 0 and "rollout/episode_return" in metrics
+    runs = plot.find_runs([str(out)])
+    assert sorted(p.name for p in runs) == ["member-0", "member-1"]
+    loaded = [plot.load_run(p, "rollout/episode_return", "env_steps") for p in sorted(runs)]
+    assert plot.seed_count(loaded) == 2 and [r.lookup("seed") for r in loaded] == [3, 4]
+    with open(out / "member-1" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"env_steps", "rollout/episode_return", "train/policy_loss", "train/value_loss", "train/approx_kl",
+            "train/lr", "train/kl_post_update", "train/explained_variance"} <= set(rows[0])
+    steps = [float(r["env_steps"]) for r in rows]
+    assert steps == sorted(steps) and steps[-1] >= 600
+    ckpt = load_checkpoint(out / "member-1" / "checkpoints" / "last.ckpt")
+    envs = make_eval_envs(ckpt, 2)
+    policy = build_checkpoint_policy(ckpt, envs)
+    envs.close()
+    assert ckpt["pglab"]["config"]["seed"] == 4
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+@pytest.mark.parametrize("override, words", [
+    ("trainer=ddp", "trainer=cpu"),
+    ("collector.kind=episodes", "collector.kind=segments"),
+    ("surrogate=kl_penalty", "population=1"),
+])
+def test_refused_at_start_with_the_fix(make_cfg, override, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        build_population(make_cfg("population=2", override))

@@ -63,3 +63,14 @@ def test_profiler_writes_lightnings_profile_and_pglabs_phases(tmp_path):
     phases = json.loads((out / "phase_timings.json").read_text())
     assert phases["epochs"] >= 8 and set(phases["seconds"]) == {"collect", "update", "epoch_end_and_loop"}
     assert abs(sum(phases["seconds"].values()) - phases["total_s"]) < 1e-6 * max(phases["total_s"], 1)
+
+
+def test_eval_video_is_one_clip_of_one_env_per_evaluation(tmp_path):
+    import imageio.v3 as iio  # moviepy's own dependency (the video extra)
+
+    out, _ = _train(tmp_path, "total_env_steps=512", "eval.every_n_epochs=2", "eval.episodes=4", "eval.num_envs=4",
+                    "eval.video=true", "logger=csv", "checkpoint.enabled=false", "trainer.enable_progress_bar=false")
+    clips = sorted((out / "videos").glob("*.mp4"))
+    assert len(clips) == len([r for r in _rows(out) if r.get("eval/return_mean")])  # one per evaluation
+    frame = iio.imread(clips[0], index=0)
+    assert frame.shape[:2] == (400, 600)  # one CartPole frame (600x400), not a mosaic of the 4 eval envs

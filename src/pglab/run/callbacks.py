@@ -21,7 +21,9 @@ class EvalCallback(L.Callback):
     """Every ``every_n_epochs`` epochs (and after the last), runs the deterministic policy (the mode of π) on a
     separate eval vector env for ``episodes`` episodes; logs ``eval/return_mean``, ``eval/return_std``,
     ``eval/length_mean``. Observation normalisation statistics are copied from training and frozen.
-    ``video_dir``: record the first eval env's episodes there with gymnasium's RecordVideo (needs moviepy)."""
+    ``video_dir``: also play one episode per evaluation on a separate one-env copy wrapped in gymnasium's
+    RecordVideo (needs moviepy): one clip of one env per evaluation, as CleanRL and rl-zoo3 record, instead of a
+    mosaic of every eval env; the statistics come from the ``episodes`` unrecorded ones."""
 
     def __init__(self, every_n_epochs: int = 10, episodes: int = 10, num_envs: int = 4, seed: int = 10_000,
                  video_dir: str | None = None) -> None:
@@ -30,6 +32,7 @@ class EvalCallback(L.Callback):
         self.every_n_epochs, self.episodes, self.num_envs, self.seed = every_n_epochs, episodes, num_envs, seed
         self.video_dir = video_dir
         self.envs = None
+        self.video_envs = None
         self.evaluations = 0
 
     def _evaluate(self, trainer: L.Trainer, module) -> None:
@@ -45,17 +48,22 @@ class EvalCallback(L.Callback):
     def _evaluate_here(self, trainer: L.Trainer, module) -> dict[str, float]:
         datamodule = trainer.datamodule
         if self.envs is None:
+            self.envs = datamodule.make_eval_envs(self.num_envs)
             if self.video_dir is not None:
-                self.envs = datamodule.make_eval_envs(self.num_envs, record_video_dir=self.video_dir)
-            else:
-                self.envs = datamodule.make_eval_envs(self.num_envs)
+                self.video_envs = datamodule.make_eval_envs(1, record_video_dir=self.video_dir)
         else:
             datamodule.sync_obs_normalization(self.envs)
+            if self.video_envs is not None:
+                datamodule.sync_obs_normalization(self.video_envs)
         actor = module.actor()  # the acting policy collection uses, in its deterministic (mode) form
+
+        def act(obs):
+            return actor.act(obs.to(module.device), deterministic=True).actions
+
         with torch.inference_mode():
-            returns, lengths = run_episodes(
-                self.envs, lambda obs: actor.act(obs.to(module.device), deterministic=True).actions,
-                self.episodes, seed=self.seed + self.evaluations)
+            returns, lengths = run_episodes(self.envs, act, self.episodes, seed=self.seed + self.evaluations)
+            if self.video_envs is not None:
+                run_episodes(self.video_envs, act, 1, seed=self.seed + self.evaluations)
         self.evaluations += 1
         return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
                 "eval/length_mean": float(lengths.mean())}
@@ -67,9 +75,10 @@ class EvalCallback(L.Callback):
             self._evaluate(trainer, module)
 
     def on_fit_end(self, trainer: L.Trainer, module) -> None:
-        if self.envs is not None:
-            self.envs.close()
-            self.envs = None
+        for envs in (self.envs, self.video_envs):
+            if envs is not None:
+                envs.close()
+        self.envs = self.video_envs = None
 
 
 def log_videos(trainer: L.Trainer, video_dir: str | None, step: int) -> None:

@@ -7,11 +7,12 @@ import sys
 import time
 from collections import deque
 
+import gymnasium as gym
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 
-from pglab.envs.make import run_episodes
+from pglab.envs.make import find_wrapper, run_episodes
 
 __all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar", "format_progress", "announce",
            "job_label", "ReplayFirstRollout", "PhaseTimer"]
@@ -64,6 +65,10 @@ class EvalCallback(L.Callback):
             returns, lengths = run_episodes(self.envs, act, self.episodes, seed=self.seed + self.evaluations)
             if self.video_envs is not None:
                 run_episodes(self.video_envs, act, 1, seed=self.seed + self.evaluations)
+                # RecordVideo writes a clip when the next episode starts; write it now, so it can be logged
+                recorder = find_wrapper(self.video_envs, gym.wrappers.vector.RecordVideo)
+                if recorder is not None and recorder.recording:
+                    recorder.stop_recording()
         self.evaluations += 1
         return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
                 "eval/length_mean": float(lengths.mean())}

@@ -2,7 +2,7 @@
 ``speed_jobs.py`` and ``first_step.py``, each job in a fresh subprocess).
 
 startup      seconds from process launch to the first env step, ``import lightning`` alone, and peak RSS
-updates      µs per PPO update (benchmarks/update_cost.py): before this wave, fused autograd, lean
+updates      µs per PPO update (benchmarks/update_cost.py): autograd through the reference loss, lean
 throughput   env steps/s of full PPO training, pglab vs SB3 on the same settings, timing ``trainer.fit`` /
              ``model.learn`` only: CartPole-v1 (CleanRL ppo.py), Pendulum-v1 (rl-zoo3), HalfCheetah-v5 (CleanRL
              ppo_continuous_action)
@@ -42,7 +42,6 @@ CASES = {
                             PGLAB_HALFCHEETAH + PGLAB_BARE, 6_144, 2_048, 1.5),
 }
 TARGETS = {"solve_time": 0.5, "solve_steps": 1.0, "update_speedup": 3.0, "startup_own_s": 0.5}
-# per-update µs before this wave (issue 11's "today"): the unfused autograd update, measured side by side
 
 
 # -- running one child -----------------------------------------------------------------------------------
@@ -159,7 +158,7 @@ def shipped(repeats: int, steps: int) -> dict:
 
 
 def update_cost(quick: bool) -> dict:
-    """µs per PPO update (CartPole and Pendulum-like, 128 rows): unfused autograd, fused autograd, lean."""
+    """µs per PPO update (CartPole and Pendulum-like, 128 rows): autograd, lean."""
     figures = job("update_cost", {"reps": 5 if quick else 15, "updates": 40 if quick else 100})["figures"]
     for case, variants in figures.items():
         log(f"  {case}: " + " | ".join(f"{k} {v['us']:.0f} µs ({v['operator_calls']:.0f} ops)"
@@ -304,14 +303,13 @@ def markdown(res: dict) -> str:
     u = res.get("updates")
     if u:
         for case, v in u.items():
-            lean, before, fused = v["lean"], v["unfused autograd"], v["fused autograd"]
-            ok = lean["cheaper_than_unfused"] >= TARGETS["update_speedup"]
-            lines.append(f"| per-update µs, {case}, 128-row minibatch: lean (before this wave: unfused autograd) | "
-                         f"{lean['us']:.0f} ({lean['min']:.0f}–{lean['max']:.0f}); before {before['us']:.0f}; fused "
-                         f"autograd {fused['us']:.0f} | | {lean['cheaper_than_unfused']:.2f}× cheaper | ≥ 3× cheaper "
-                         f"| {verdict(ok)} |")
-            lines.append(f"| … operator calls per update (profiler events) | {lean['operator_calls']:.0f}; before "
-                         f"{before['operator_calls']:.0f}; fused autograd {fused['operator_calls']:.0f} | | | | |")
+            lean, autograd = v["lean"], v["autograd"]
+            ok = lean["cheaper_than_autograd"] >= TARGETS["update_speedup"]
+            lines.append(f"| per-update µs, {case}, 128-row minibatch: lean (autograd) | "
+                         f"{lean['us']:.0f} ({lean['min']:.0f}–{lean['max']:.0f}); autograd {autograd['us']:.0f} | | "
+                         f"{lean['cheaper_than_autograd']:.2f}× cheaper | ≥ 3× cheaper | {verdict(ok)} |")
+            lines.append(f"| … operator calls per update (profiler events) | {lean['operator_calls']:.0f}; autograd "
+                         f"{autograd['operator_calls']:.0f} | | | | |")
     c = res.get("collection")
     if c:
         lines.append(f"| collection only (act + env step), ppo preset, env steps/s | {fmt(c['collect_sps'])} | "
@@ -363,8 +361,8 @@ def how_it_ran(res: dict) -> list[str]:
     if res.get("updates"):
         out.append("per-update µs: `benchmarks/update_cost.py` in a fresh process (interleaved rounds, thread CPU "
                    "time, 1 thread): one PPO-clip update of a 128-row minibatch through 64-64 tanh separate trunks "
-                   "with CleanRL's coefficients; 'before' is the unfused autograd update (two nn.Sequential trunks, "
-                   "clip_grad_norm_, Adam.step) that this wave started from.")
+                   "with CleanRL's coefficients; 'autograd' is the reference loss's backward, clip_grad_norm_ and "
+                   "Adam.step.")
     if c:
         out.append(f"collection ({len(c['runs'])} repeats): pglab `{' '.join(PGLAB_PPO)}` (8 envs × 32 steps); "
                    f"`SegmentCollector(envs, 32, …).collect(*module.rollout_policy())` under torch.inference_mode "

@@ -1,20 +1,13 @@
-"""Cost of one PPO learner update: the unfused autograd update (two nn.Sequential trunks, the network before
-this wave: "today" in issue 11), the fused autograd one and the lean one (``pglab.accel.lean``, the default).
+"""Cost of one PPO learner update: autograd through the reference loss and the lean update (``pglab.accel.lean``).
 
-One update is what ``PolicyGradientModule.training_step`` does per minibatch:
-- autograd: ``minibatch_loss`` (evaluate + clip surrogate + value loss + entropy + diagnostics) → backward →
-  ``clip_grad_norm_`` (foreach) → fused Adam ``step()``;
+- autograd: ``pglab.learner.loss.minibatch_loss`` → ``backward`` → ``clip_grad_norm_`` (foreach) → fused Adam
+  ``step()`` (what ``learner.gradients=autograd`` runs on one process);
 - lean: ``LeanUpdate`` (the same loss, its hand-derived gradient written into one flat buffer, diagnostics in one
   product) → clip of the flat buffer → the fused Adam kernel; plus the finite check's one host sync.
-All start from the same weights. Cases: CartPole (obs 4, 2 actions) and a Pendulum-like Gaussian (obs 3,
-1 action), 64-64 tanh separate trunks, 128-row minibatches, CleanRL's coefficients.
 
-Printed, per case:
-- µs per update, timed in interleaved rounds in one process at one torch thread (median, min–max over rounds;
-  the "× cheaper" ratio is the median of the per-round ratios, so drift in machine load cancels). The clock is
-  this thread's CPU time (``time.thread_time``): at one torch thread all the work runs on it, and time spent
-  descheduled by other processes on a shared CPU is not counted;
-- operator calls per update (torch.profiler ``key_averages``, all recorded events, forward and backward);
+Both on the plain ``ActorCritic`` (CartPole-sized: 4 → 2 discrete; Pendulum-like: 3 → 1 Gaussian), 64-64 tanh
+separate trunks, 128-row minibatches, CleanRL's coefficients. Printed: µs per update (thread CPU time, interleaved
+rounds), operator calls (profiler events) and
 - the lean update's top operators by self CPU time (median over profiled rounds).
 
     python benchmarks/update_cost.py [--reps 21] [--updates 100] [--quick]
@@ -35,11 +28,10 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from pglab.accel.lean import LeanUpdate, clip_flat_, fused_adam_step
-from pglab.core.distributions import CategoricalHead, GaussianHead
 from pglab.core.surrogates import Clip
-from pglab.core.types import Batch, EvalOutput
+from pglab.core.types import Batch
 from pglab.learner.module import PolicyGradientModule
-from pglab.models.mlp import ActorCritic, mlp
+from pglab.models.mlp import ActorCritic
 
 CLOCK = time.thread_time  # CPU time of this thread (see the module docstring)
 BATCH = 128
@@ -48,29 +40,7 @@ LEARNER = {"lr": 2.5e-4, "adam_eps": 1e-5, "vf_coef": 0.5, "ent_coef": 0.01, "ma
 CASES = {"CartPole (4 → 2 discrete)": (4, ("discrete", 2)), "Pendulum-like (3 → 1 Gaussian)": (3, ("continuous", 1))}
 
 
-class UnfusedActorCritic(nn.Module):
-    """The actor-critic as it was before fusion: two nn.Sequential trunks, each head its own nn.Linear, so a
-    forward is 2·L + 2 module calls. Its state_dict has the unfused keys, which ActorCritic loads."""
-
-    def __init__(self, obs_dim: int, action_space: tuple[str, int], hidden: tuple[int, ...] = HIDDEN) -> None:
-        super().__init__()
-        kind, size = action_space
-        self.has_value = True
-        self.policy_trunk = mlp(obs_dim, hidden, "tanh")
-        self.head = CategoricalHead(hidden[-1], size) if kind == "discrete" else GaussianHead(hidden[-1], size)
-        self.value_trunk = mlp(obs_dim, hidden, "tanh")
-        self.value_out = nn.Linear(hidden[-1], 1)
-
-    def evaluate(self, obs: Tensor, actions: Tensor) -> EvalOutput:
-        params = self.head.params(self.policy_trunk(obs))
-        values = self.value_out(self.value_trunk(obs)).squeeze(-1)
-        return EvalOutput(self.head.log_prob(params, actions), self.head.entropy(params), values, params)
-
-    def kl(self, params_old: Tensor, params_new: Tensor) -> Tensor:
-        return self.head.kl(params_old, params_new)
-
-
-def make_batch(policy: UnfusedActorCritic, obs_dim: int, action_space: tuple[str, int]) -> Batch:
+def make_batch(policy: ActorCritic, obs_dim: int, action_space: tuple[str, int]) -> Batch:
     """A 128-row minibatch as collection would store it (old log-probs and values from the policy itself)."""
     kind, size = action_space
     obs = torch.randn(BATCH, obs_dim)
@@ -92,11 +62,10 @@ class Learner:
 
     def update(self, batch: Batch) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.module.minibatch_loss(batch)
+        loss, _ = self.module.loss_and_stats(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, LEARNER["max_grad_norm"], foreach=True)
         self.optimizer.step()
-        self.module._epoch_stats.clear()  # per-epoch diagnostics: emptied here so they do not pile up
 
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, n: int) -> dict[str, list[float]]:
@@ -140,7 +109,7 @@ class LeanLearner:
         self.lean = LeanUpdate(policy, Clip(0.2), vf_coef=LEARNER["vf_coef"], ent_coef=LEARNER["ent_coef"],
                                value_clip=None, normalize_advantages=True)
         self.optimizer = torch.optim.Adam(self.lean.params, lr=LEARNER["lr"], eps=LEARNER["adam_eps"], fused=True)
-        self.stats: list[tuple[Tensor, Tensor]] = []
+        self.stats: list[dict[str, Tensor]] = []
         self.calls = 0
 
     def update(self, batch: Batch) -> None:
@@ -150,41 +119,38 @@ class LeanLearner:
             self.prepared = self.lean.prepare([batch] * 16)[0]
         self.calls += 1
         loss, diagnostics = self.lean(batch, self.prepared)
-        self.stats.append(diagnostics)
+        self.stats.append(self.lean.named(diagnostics))
         loss_value, norm = clip_flat_(self.lean.flat_grad, LEARNER["max_grad_norm"], loss)
         if math.isfinite(loss_value) and math.isfinite(norm):  # training_step's finite check
             fused_adam_step(self.optimizer)
         if len(self.stats) == 16:
-            self.lean.stats(self.stats)  # the epoch's diagnostics, as on_train_epoch_end averages them
+            # the epoch's diagnostics, as on_train_epoch_end averages them
+            torch.stack([torch.stack([s[k] for s in self.stats]).mean() for k in self.stats[0]]).tolist()
             self.stats.clear()
 
 
 def run_case(name: str, obs_dim: int, action_space: tuple[str, int], reps: int, n: int, top: int) -> dict:
     """Print and return one case's figures: µs per update (median, min, max over rounds) and operator calls
-    of the unfused autograd update (the network as it was before this wave), the fused autograd one and the
-    lean one."""
+    of the autograd update and the lean one."""
     torch.manual_seed(0)
-    unfused = UnfusedActorCritic(obs_dim, action_space)
-    fused = ActorCritic(obs_dim, action_space, hidden=HIDDEN)
-    fused.load_state_dict(unfused.state_dict())  # the same weights in every layout
+    network = ActorCritic(obs_dim, action_space, hidden=HIDDEN)
     lean_net = ActorCritic(obs_dim, action_space, hidden=HIDDEN)
-    lean_net.load_state_dict(unfused.state_dict())
-    batch = make_batch(unfused, obs_dim, action_space)
-    learners = {"unfused autograd": Learner(unfused), "fused autograd": Learner(fused),
-                "lean": LeanLearner(lean_net)}
+    lean_net.load_state_dict(network.state_dict())  # the same weights
+    batch = make_batch(network, obs_dim, action_space)
+    learners = {"autograd": Learner(network), "lean": LeanLearner(lean_net)}
 
     times = interleaved({k: (lambda lr=lr: lr.update(batch)) for k, lr in learners.items()}, reps, n)
     calls = {k: operator_calls(lambda lr=lr: lr.update(batch)) for k, lr in learners.items()}
-    base = times["unfused autograd"]
+    base = times["autograd"]
 
     print(f"\n## {name}: one PPO update, {BATCH}-row minibatch, {'-'.join(map(str, HIDDEN))} tanh separate trunks")
-    print(f"{'':20}{'µs per update (min–max)':>28}{'× cheaper than unfused':>25}{'operator calls':>16}")
+    print(f"{'':20}{'µs per update (min–max)':>28}{'× cheaper than autograd':>25}{'operator calls':>16}")
     figures = {}
     for key, values in times.items():
         # the ratio: median over rounds of the per-round ratio (load drift within a round cancels)
         cheaper = statistics.median(b / v for b, v in zip(base, values, strict=True))
         figures[key] = {"us": statistics.median(values), "min": min(values), "max": max(values),
-                        "cheaper_than_unfused": cheaper, "operator_calls": calls[key][0]}
+                        "cheaper_than_autograd": cheaper, "operator_calls": calls[key][0]}
         print(f"{key:20}{statistics.median(values):12.0f} ({min(values):5.0f}–{max(values):5.0f}){'':4}"
               f"{cheaper:21.2f}×{calls[key][0]:16.0f}")
 

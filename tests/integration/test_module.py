@@ -30,30 +30,30 @@ def _module(**kwargs) -> PolicyGradientModule:
 
 def test_advantage_normalisation_reaches_the_loss():
     batch = _batch()
-    raw = _module(normalize_advantages=False, vf_coef=0.0).minibatch_loss(batch)
-    normed = _module(normalize_advantages=True, vf_coef=0.0).minibatch_loss(batch)
+    raw = _module(normalize_advantages=False, vf_coef=0.0).loss_and_stats(batch)[0]
+    normed = _module(normalize_advantages=True, vf_coef=0.0).loss_and_stats(batch)[0]
     assert not torch.isclose(raw, normed)
     # reference: normalise by hand (unbiased std, as CleanRL), then the un-normalised path
     a = batch.advantages
     by_hand = Batch(**{**batch.__dict__, "advantages": (a - a.mean()) / (a.std() + 1e-8)})
-    torch.testing.assert_close(normed, _module(normalize_advantages=False, vf_coef=0.0).minibatch_loss(by_hand))
+    torch.testing.assert_close(normed, _module(normalize_advantages=False, vf_coef=0.0).loss_and_stats(by_hand)[0])
 
 
 def test_value_and_entropy_coefficients_enter_linearly():
     batch = _batch(1)
     base = _module(vf_coef=0.0, ent_coef=0.0)
-    loss0 = base.minibatch_loss(batch)
+    loss0 = base.loss_and_stats(batch)[0]
     out = base.policy.evaluate(batch.obs, batch.actions)
     value_mse = 0.5 * ((out.values - batch.targets) ** 2).mean()
     entropy = out.entropy.mean()
-    torch.testing.assert_close(_module(vf_coef=0.7, ent_coef=0.0).minibatch_loss(batch), loss0 + 0.7 * value_mse)
-    torch.testing.assert_close(_module(vf_coef=0.0, ent_coef=0.3).minibatch_loss(batch), loss0 - 0.3 * entropy)
+    torch.testing.assert_close(_module(vf_coef=0.7, ent_coef=0.0).loss_and_stats(batch)[0], loss0 + 0.7 * value_mse)
+    torch.testing.assert_close(_module(vf_coef=0.0, ent_coef=0.3).loss_and_stats(batch)[0], loss0 - 0.3 * entropy)
 
 
 def test_analytic_kl_is_used_by_the_kl_penalty():
     batch = _batch(2)
     module = _module(surrogate=KLPenalty(beta=2.0, adaptive=False), vf_coef=0.0, normalize_advantages=False)
-    loss = module.minibatch_loss(batch)
+    loss = module.loss_and_stats(batch)[0]
     out = module.policy.evaluate(batch.obs, batch.actions)
     ratio = (out.logp - batch.logp_old).exp()
     probs_old = batch.dist_params_old.exp()

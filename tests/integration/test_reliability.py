@@ -154,8 +154,13 @@ def test_skip_mode_counts_skipped_updates(make_cfg, monkeypatch, gradients):
         return loss * float("nan") if calls["n"] % 3 == 0 else loss
 
     if gradients == "autograd":
-        original = r.module.minibatch_loss
-        r.module.minibatch_loss = lambda batch: poison(original(batch))
+        original = r.module.loss_and_stats
+
+        def poisoned_loss(batch):
+            loss, stats = original(batch)
+            return poison(loss), stats
+
+        r.module.loss_and_stats = poisoned_loss
     else:  # the lean update's loss and gradient, both NaN
         original_call = LeanUpdate.__call__
 
@@ -390,5 +395,8 @@ def test_csv_rows_reach_the_file_without_waiting_for_the_end(tmp_path):
     logger = CSVLogger(str(tmp_path), name="csv", version="", flush_seconds=0.0)
     logger.log_metrics({"rollout/episode_return": 1.0}, step=256)
     logger.log_metrics({"rollout/episode_return": 2.0}, step=512)
-    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
-    assert lines[1:] == ["1.0,256", "2.0,512"]
+    import csv
+
+    with open(tmp_path / "csv" / "metrics.csv") as f:  # read before the logger finalises: rows were flushed
+        rows = list(csv.DictReader(f))
+    assert [(r["rollout/episode_return"], r["step"]) for r in rows] == [("1.0", "256"), ("2.0", "512")]

@@ -140,6 +140,7 @@ class LeanUpdate:
             views.append(self.flat_grad[offset: offset + p.numel()].view_as(p))
             offset += p.numel()
         self.grads = views
+        self._bind_transposed()
         self.rebind()
         grad_of = {id(p): g for p, g in zip(params, views, strict=True)}
         layout = self.layout
@@ -154,10 +155,21 @@ class LeanUpdate:
         self.grad_log_std = grad_of[id(layout.log_std)] if layout.log_std is not None else None
 
     def rebind(self) -> None:
-        """Point every ``.grad`` at its view again (after something replaced or cleared it)."""
+        """Point every ``.grad`` at its view again (after something replaced or cleared it), and refresh the
+        transposed weight views the forward reads if a parameter's storage was replaced (``.to()``, ``.data =``)."""
         for p, g in zip(self.params, self.grads, strict=True):
             if p.grad is not g:
                 p.grad = g
+        if any(view.data_ptr() != layer.weight.data_ptr() for layer, view in self._transposed):
+            self._bind_transposed()
+
+    def _bind_transposed(self) -> None:
+        # weight.t() is a view: Adam's in-place steps show through it, and the forward saves one view op per layer
+        layout = self.layout
+        layers = [*layout.policy_linears, *(layout.value_linears or []), layout.head.linear,
+                  *([layout.value_out] if layout.value_out is not None else [])]
+        self._transposed = [(layer, layer.weight.t()) for layer in layers]
+        self.weight_t = {id(layer): view for layer, view in self._transposed}
 
     @torch.no_grad()
     def prepare(self, batches: list[Batch]) -> list[tuple]:
@@ -191,8 +203,9 @@ class LeanUpdate:
     def _trunk_forward(self, obs: Tensor, linears) -> list[Tensor]:
         """[input, output of layer 1, …, output of layer n] (post-activation), kept for the backward."""
         outputs = [obs]
+        weight_t = self.weight_t
         for layer in linears:
-            outputs.append(self.activation(torch.addmm(layer.bias, outputs[-1], layer.weight.t())))
+            outputs.append(self.activation(torch.addmm(layer.bias, outputs[-1], weight_t[id(layer)])))
         return outputs
 
     def _trunk_backward(self, grad: Tensor, outputs: list[Tensor], linears, grads) -> None:
@@ -218,11 +231,11 @@ class LeanUpdate:
         policy_outputs = self._trunk_forward(batch.obs, layout.policy_linears)
         features = policy_outputs[-1]
         head = layout.head.linear
-        head_out = torch.addmm(head.bias, features, head.weight.t())
+        head_out = torch.addmm(head.bias, features, self.weight_t[id(head)])
         if self.has_value:
             value_outputs = self._trunk_forward(batch.obs, layout.value_linears) if self.separate else None
             value_features = value_outputs[-1] if self.separate else features
-            values = torch.addmm(layout.value_out.bias, value_features, layout.value_out.weight.t()).squeeze(1)
+            values = torch.addmm(layout.value_out.bias, value_features, self.weight_t[id(layout.value_out)]).squeeze(1)
 
         # -- log π(a|s), −H and their derivatives
         if self.discrete:

@@ -23,7 +23,6 @@ from pglab.accel.lean import LeanUpdate as LeanGradient
 from pglab.accel.lean import clip_flat_, fused_adam_step
 from pglab.core.collectives import all_reduce_mean_
 from pglab.core.types import Batch
-from pglab.learner.loss import minibatch_loss
 
 if TYPE_CHECKING:
     from pglab.learner.module import PolicyGradientModule
@@ -54,7 +53,7 @@ class Update:
                 # minibatch sizes vary with the rollout's real rows, hence dynamic shapes
                 module._compiled_loss = torch.compile(module.loss_and_stats, dynamic=True)
             return module._compiled_loss(batch)
-        return minibatch_loss(module.policy, module.surrogate, batch, module.loss_settings, module.reference)
+        return module.loss_and_stats(batch)
 
 
 class AutogradUpdate(Update):
@@ -122,7 +121,7 @@ class LeanUpdate(Update):
 
     def start(self, minibatches: list[Batch]) -> None:
         # the per-minibatch constants of the whole step at once (one set of [M, B] operations)
-        self._prepared, self._next = self.gradient.prepare(minibatches), 0
+        self._prepared, self._next = (self.gradient.prepare(minibatches) if minibatches else []), 0
 
     def __call__(self, batch: Batch, first: bool = False) -> dict[str, Tensor]:
         module, gradient = self.module, self.gradient

@@ -223,7 +223,8 @@ def value_tensors(traj: Trajectories, V: torch.Tensor) -> tuple[torch.Tensor, to
 # -- the estimate, through pglab ------------------------------------------------------------------------------
 def advantages(traj: Trajectories, estimator: str, baseline: str, V: torch.Tensor | None = None,
                **kwargs) -> torch.Tensor:
-    """A [T, N] from ``pglab.core.estimators`` + ``pglab.core.baselines`` (γ = 1); V [H+1, S] is the value table they see."""
+    """A [T, N] from ``pglab.core.estimators`` + ``pglab.core.baselines`` (γ = 1); V [H+1, S] is the value table they
+    see."""
     fn = {"return": trajectory_return, "reward_to_go": reward_to_go, "nstep": nstep, "gae": gae}[estimator]
     if V is None:
         values = next_values = torch.zeros_like(traj.rewards)

@@ -1,4 +1,5 @@
-"""``python -m pglab.tools.evaluate``: a checkpoint of a real short run, checked against an independent gymnasium loop."""
+"""``python -m pglab.tools.evaluate``: a checkpoint of a real short run, checked against an independent gymnasium
+loop."""
 
 from __future__ import annotations
 

@@ -228,7 +228,8 @@ def _table_rows(text: str) -> list[list[str]]:
 
 def test_plot_command_on_a_multirun(multirun, tmp_path):
     out, table = tmp_path / "curves.png", tmp_path / "scores.md"
-    proc = subprocess.run([sys.executable, "-m", "pglab.tools.plot", str(multirun), "--out", str(out), "--table", str(table)],
+    proc = subprocess.run([sys.executable, "-m", "pglab.tools.plot", str(multirun), "--out", str(out),
+                           "--table", str(table)],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = out.read_bytes()

@@ -164,8 +164,9 @@ def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSe
                 keys = sorted(ref_stats)
                 ref_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, ref_grads, strict=True)]
                 # everything in one comparison; only a mismatch is looked up name by name
+                names = [n for n, _ in reference.named_parameters()]
                 together = _differs("", torch.cat([torch.stack([fast_stats[k] for k in keys]).double(),
-                                                   *[lean_grads[n].flatten() for n, _ in reference.named_parameters()]]),
+                                                   *[lean_grads[n].flatten() for n in names]]),
                                     torch.cat([torch.stack([ref_stats[k] for k in keys]).double(),
                                                *[g.flatten() for g in ref_grads]]))
                 if together is not None:

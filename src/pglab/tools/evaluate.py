@@ -108,7 +108,8 @@ def format_results(results: dict) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        print("pglab.tools.evaluate: which checkpoint? python -m pglab.tools.evaluate ckpt_path=outputs/<algo>/<time>/checkpoints/"
+        print("pglab.tools.evaluate: which checkpoint? python -m pglab.tools.evaluate "
+              "ckpt_path=outputs/<algo>/<time>/checkpoints/"
               "last.ckpt", file=sys.stderr)
         sys.exit(2)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else default_output_dir(cfg.ckpt_path)

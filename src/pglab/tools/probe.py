@@ -1,6 +1,7 @@
 """The derivation as an experiment: how noisy and how biased is each policy-gradient estimator, measured.
 
-``python -m pglab.tools.probe run_dir=outputs/ppo/<time>`` (or ``ckpt_path=…``, or ``'ckpt_path=[a.ckpt,b.ckpt]'``; options
+``python -m pglab.tools.probe run_dir=outputs/ppo/<time>`` (or ``ckpt_path=…``, or ``'ckpt_path=[a.ckpt,b.ckpt]'``;
+options
 in ``conf/probe.yaml``). A run trained with ``checkpoint.snapshots=true`` gives early / middle / late policies
 (``checkpoints/snapshot-epoch=*.ckpt``); without snapshots the probe takes ``last.ckpt``.
 
@@ -514,7 +515,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     batch_steps = -(-int(cfg.batch_steps) // int(cfg.num_envs)) * int(cfg.num_envs)
     tables = [format_table(r, int(cfg.batches), batch_steps) for r in results]
-    header = (f"# pglab.tools.probe\n\nPolicy-gradient estimates of frozen policies: variance = trace of the covariance "
+    header = (f"# pglab.tools.probe\n\nPolicy-gradient estimates of frozen policies: variance = trace of the "
+              "covariance "
               f"over M = {cfg.batches} batches, SNR = ‖mean‖²/variance, cosine and bias against a Monte-Carlo "
               "reference gradient (definitions: `src/pglab/probe.py`).\n\n")
     text = header + "\n".join(tables)

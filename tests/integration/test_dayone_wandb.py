@@ -107,3 +107,7 @@ def test_two_value_lr_sweep_gives_two_wandb_groups(tmp_path):
     assert runs[0].run_group != runs[1].run_group
     lrs = sorted(float(t.split("=")[1]) for r in runs for t in r.tags if t.startswith("learner.lr="))
     assert lrs == [1e-4, 3e-4]
+    # each job says, in the sweep's shared log, when it starts and when it ends
+    for job in (0, 1):
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(f"pglab: job {job} (")]
+        assert "learner.lr=" in lines[0] and "): training ppo" in lines[0] and "): finished: " in lines[-1], lines

@@ -47,7 +47,9 @@ def test_two_ranks_stay_identical_and_count_globally(tmp_path):
     assert max(b - a for a, b in zip(steps, steps[1:], strict=False)) > 4 * 32  # more than one rank's rollout
     assert checked["env_steps"] == int(steps[-1]) >= 2000
     assert any(row.get("eval/return_mean") for row in csv.DictReader(open(out / "csv" / "metrics.csv")))
-    assert proc.stdout.count("pglab: ") == proc.stdout.count("pglab: " + str(checked["env_steps"]))  # rank 0 only
+    # rank 0 alone says which paths run and how the run ended
+    assert proc.stdout.count("pglab: collection:") == 1
+    assert proc.stdout.count(f"{checked['env_steps']} env steps") == 1
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert len(ckpt["pglab"]["rng_per_rank"]) == 2
     assert len(ckpt["OnPolicyDataModule"]["per_rank"]) == 2

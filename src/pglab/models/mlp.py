@@ -56,6 +56,7 @@ class ActorCritic(nn.Module):
         if any(int(width) < 1 for width in hidden):
             raise ValueError(f"model.hidden widths must be >= 1, got {list(hidden)}")
         self.activation, self.shared, self.has_value = activation, shared, value_head
+        self.discrete = kind == "discrete"
         self.policy_trunk = mlp(obs_dim, hidden, activation)
         features = hidden[-1] if hidden else obs_dim
         self.head = make_head(kind, size, features, log_std_init)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
-from pglab.accel.lean import LeanUpdate, clip_flat_, fused_adam_step
+from pglab.accel.lean import LeanUpdate, clip_flat_
 from pglab.core.surrogates import Clip
 from pglab.core.types import Batch
 from pglab.learner.module import PolicyGradientModule
@@ -103,7 +103,7 @@ def operator_calls(fn: Callable[[], object], n: int = 20,
 
 class LeanLearner:
     """The same update through ``pglab.accel.lean`` (what ``learner.gradients=lean``/``auto`` runs in training_step):
-    hand-derived loss gradient into the flat buffer → clip on the flat buffer → the fused Adam kernel."""
+    hand-derived loss gradient into the flat buffer → clip on the flat buffer → one fused Adam call on flat buffers."""
 
     def __init__(self, policy: ActorCritic) -> None:
         self.lean = LeanUpdate(policy, Clip(0.2), vf_coef=LEARNER["vf_coef"], ent_coef=LEARNER["ent_coef"],
@@ -115,14 +115,16 @@ class LeanLearner:
     def update(self, batch: Batch) -> None:
         # training_step prepares the data-only constants of all a step's minibatches at once (one set of [M, B]
         # operations); this is their cost at CleanRL's M = 16 minibatches per step: the whole cost once in 16
-        if self.calls % 16 == 0:
+        if self.calls % 16 == 0:  # and checks the flat layout once (LeanUpdate.start)
+            self.lean.rebind()
+            self.lean.bind_optimizer(self.optimizer)
             self.prepared = self.lean.prepare([batch] * 16)[0]
         self.calls += 1
         loss, diagnostics = self.lean(batch, self.prepared)
         self.stats.append(self.lean.named(diagnostics))
         loss_value, norm = clip_flat_(self.lean.flat_grad, LEARNER["max_grad_norm"], loss)
         if math.isfinite(loss_value) and math.isfinite(norm):  # training_step's finite check
-            fused_adam_step(self.optimizer)
+            self.lean.adam_step(self.optimizer)
         if len(self.stats) == 16:
             # the epoch's diagnostics, as on_train_epoch_end averages them
             torch.stack([torch.stack([s[k] for s in self.stats]).mean() for k in self.stats[0]]).tolist()

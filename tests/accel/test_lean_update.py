@@ -115,8 +115,8 @@ def test_gradient_matches_finite_differences(space, layout):
     lean = LeanUpdate(policy, surrogate, vf_coef=0.5, ent_coef=0.05, value_clip=0.3, normalize_advantages=True)
     batch = _batch(policy, 4, *space, dtype=torch.float64)
     lean(batch)
-    grad = lean.flat_grad.clone()
     params = [p for p in policy.parameters() if p.requires_grad]
+    grad = torch.cat([p.grad.flatten() for p in params])
     g = torch.Generator().manual_seed(3)
     for _ in range(4):
         direction = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
@@ -140,16 +140,22 @@ def test_flat_gradient_is_every_parameters_grad():
     policy = ActorCritic(4, ("discrete", 2))
     lean = LeanUpdate(policy, Clip(0.2), vf_coef=0.5, ent_coef=0.0, value_clip=None, normalize_advantages=True)
     lean(_batch(policy, 4, "discrete", 2))
-    flat = torch.cat([p.grad.flatten() for p in policy.parameters()])
-    assert torch.equal(flat, lean.flat_grad)
-    reference = torch.nn.utils.get_total_norm([p.grad for p in policy.parameters()])
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in policy.parameters()]
-    for copy, p in zip(copies, policy.parameters(), strict=True):
+    params = list(policy.parameters())
+    # every parameter and its gradient is a view of the flat buffers, which hold nothing else
+    flat_grad_storage = lean.flat_grad.untyped_storage().data_ptr()
+    assert all(p.grad.untyped_storage().data_ptr() == flat_grad_storage for p in params)
+    assert all(p.untyped_storage().data_ptr() == lean.flat_param.untyped_storage().data_ptr() for p in params)
+    assert sum(p.numel() for p in params) == lean.flat_grad.numel() == lean.flat_param.numel()
+    assert sorted(lean.flat_grad.tolist()) == sorted(torch.cat([p.grad.flatten() for p in params]).tolist())
+    reference = torch.nn.utils.get_total_norm([p.grad for p in params])
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for copy, p in zip(copies, params, strict=True):
         copy.grad = p.grad.clone()
     torch.nn.utils.clip_grad_norm_(copies, 0.01)
     _, norm = clip_flat_(lean.flat_grad, 0.01, torch.zeros(()))
     assert norm == pytest.approx(float(reference), rel=1e-6)
-    torch.testing.assert_close(torch.cat([c.grad.flatten() for c in copies]), lean.flat_grad)
+    for copy, p in zip(copies, params, strict=True):  # clipping the flat buffer clipped every .grad
+        torch.testing.assert_close(copy.grad, p.grad)
     assert float(lean.flat_grad.norm()) == pytest.approx(0.01, rel=1e-4)
 
 
@@ -219,3 +225,106 @@ def test_unsupported_combinations_are_named(surrogate, fragment):
     assert "declares no lean_formula" in unsupported(ActorCritic(4, ("discrete", 2)), type("MyClip", (Clip,), {})())
     assert unsupported(ActorCritic(4, ("discrete", 2), activation="gelu"), Clip()) is not None
     assert unsupported(ActorCritic(4, ("discrete", 2)), Clip(), clip_per_group=True) is not None
+
+
+def _adam_pair(space=("continuous", 2), shared=False):
+    """A network the lean update lays out flat (and its Adam bound to flat moments), and an untouched copy stepped
+    by torch's own ``Adam.step`` on the same gradients."""
+    torch.manual_seed(0)
+    policy = ActorCritic(4, space, hidden=(8, 6), shared=shared)
+    twin = ActorCritic(4, space, hidden=(8, 6), shared=shared)
+    twin.load_state_dict(policy.state_dict())
+    lean = LeanUpdate(policy, Clip(0.2), vf_coef=0.5, ent_coef=0.01, value_clip=0.2, normalize_advantages=True)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2, eps=1e-5, fused=True)
+    opt_twin = torch.optim.Adam(twin.parameters(), lr=1e-2, eps=1e-5, fused=True)
+    return policy, twin, lean, opt, opt_twin
+
+
+def _step_both(policy, twin, lean, opt, opt_twin, batch, lr):
+    lean.rebind()
+    bound = lean.bind_optimizer(opt)
+    lean(batch)
+    for p, q in zip(policy.parameters(), twin.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    opt.param_groups[0]["lr"] = opt_twin.param_groups[0]["lr"] = lr
+    lean.adam_step(opt)
+    opt_twin.step()
+    return bound
+
+
+def _assert_adam_close(policy, twin):
+    """Equal up to float rounding: the CPU fused-Adam kernel runs a tensor's elements through its vectorised body
+    and the last few through a scalar tail, which round differently — one flat tensor puts elements that were in
+    a small tensor's tail in the body (1 ulp, compounding over steps). The first step is bit-equal."""
+    for (name, p), q in zip(policy.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=2e-6, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _sync(twin, opt_twin, policy, opt):
+    """The twin (parameters and Adam state) set to the lean side's, so one step is compared without compounding."""
+    with torch.no_grad():
+        for p, q in zip(policy.parameters(), twin.parameters(), strict=True):
+            q.copy_(p)
+            if p in opt.state:
+                opt_twin.state[q] = {k: v.clone() for k, v in opt.state[p].items()}
+
+
+@pytest.mark.parametrize("space, shared", [(("continuous", 2), False), (("discrete", 3), False),
+                                           (("discrete", 3), True)])
+def test_flat_adam_equals_adam_step(space, shared):
+    """One fused-Adam call on the flat buffers gives torch's per-parameter ``Adam.step`` (bit for bit from a fresh
+    state, to float rounding after), with the learning rate changing between steps; the optimiser's state stays
+    per parameter and equal to torch's."""
+    policy, twin, lean, opt, opt_twin = _adam_pair(space, shared)
+    batch = _batch(policy, 4, *space)
+    assert _step_both(policy, twin, lean, opt, opt_twin, batch, 1e-2)
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), twin.parameters(), strict=True))
+    for step in range(1, 5):
+        _sync(twin, opt_twin, policy, opt)
+        assert _step_both(policy, twin, lean, opt, opt_twin, batch, 1e-2 / (step + 1))
+        _assert_adam_close(policy, twin)
+    for p, q in zip(policy.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(opt.state[p]["step"], opt_twin.state[q]["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][key], opt_twin.state[q][key], rtol=2e-6, atol=1e-10)
+
+
+def test_flat_layout_survives_checkpoints_and_device_moves(tmp_path):
+    """A saved and loaded optimiser state (new tensors) is laid out again and stepping stays torch's; parameters
+    replaced by ``.to()`` / ``.data =`` are laid out again; a state_dict of views saves and loads (weights only)."""
+    policy, twin, lean, opt, opt_twin = _adam_pair()
+    batch = _batch(policy, 4, "continuous", 2)
+    for _ in range(2):
+        _sync(twin, opt_twin, policy, opt)
+        _step_both(policy, twin, lean, opt, opt_twin, batch, 1e-2)
+    torch.save({"model": policy.state_dict(), "opt": opt.state_dict()}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    _sync(twin, opt_twin, policy, opt)
+    _step_both(policy, twin, lean, opt, opt_twin, batch, 1e-2)  # moves on: the saved state is now an older one
+    opt.load_state_dict(saved["opt"])  # new state tensors: the flat moments are stale
+    policy.load_state_dict(saved["model"])  # in place: the flat parameters stay
+    assert all(p.untyped_storage().data_ptr() == lean.flat_param.untyped_storage().data_ptr()
+               for p in policy.parameters())
+    assert float(lean._adam[3][0]) == 3 and float(opt.state[lean.params[0]]["step"]) == 2
+    assert not any(opt.state[p]["exp_avg"] is m for p, m in zip(lean.params, lean._adam[4], strict=True))
+    opt_twin.load_state_dict(saved["opt"])
+    twin.load_state_dict(saved["model"])
+    for _ in range(2):
+        _sync(twin, opt_twin, policy, opt)
+        assert _step_both(policy, twin, lean, opt, opt_twin, batch, 1e-3)
+        _assert_adam_close(policy, twin)
+    first = next(policy.parameters())
+    first.data = first.data.clone()  # storage replaced: the next step lays everything out again
+    _sync(twin, opt_twin, policy, opt)
+    assert _step_both(policy, twin, lean, opt, opt_twin, batch, 1e-3)
+    assert first.untyped_storage().data_ptr() == lean.flat_param.untyped_storage().data_ptr()
+    _assert_adam_close(policy, twin)
+
+
+def test_flat_adam_steps_aside_for_other_optimisers_and_partial_groups():
+    policy, _, lean, _, _ = _adam_pair()
+    assert not lean.bind_optimizer(torch.optim.SGD(policy.parameters(), lr=0.1))
+    params = list(policy.parameters())
+    assert not lean.bind_optimizer(torch.optim.Adam(params[:-1], lr=0.1, fused=True))
+    assert not lean.bind_optimizer(torch.optim.Adam(params, lr=0.1, fused=False))
+    assert lean.bind_optimizer(torch.optim.Adam(params, lr=0.1, fused=True))

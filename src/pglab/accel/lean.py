@@ -104,7 +104,8 @@ class LeanUpdate:
         self.episode_sum = surrogate.aggregation == "episode_sum"
         self.discrete = layout.discrete
         self.has_value = layout.value_out is not None
-        self.separate = layout.value_linears is not None  # else V reads the policy trunk's features
+        # two trunks of one shape (else V reads the policy trunk's features)
+        self.separate = layout.value_linears is not None and self.has_value
         activation = layout.activation or "tanh"  # (no hidden layer: never applied)
         self.activation, self.activation_backward = _ACTIVATION_FORWARD[activation], _ACTIVATION_BACKWARD[activation]
 
@@ -127,49 +128,143 @@ class LeanUpdate:
         if self.has_value:
             self.loss_weights[-1] = 0.5 * self.vf_coef
         self.approx_kl_index = self.keys.index("approx_kl")
-        self._bind_gradients()
+        self._flatten()
 
-    def _bind_gradients(self) -> None:
-        """One flat gradient buffer; each parameter's ``.grad`` is a view of it (clipping and the optimiser
-        see ordinary per-parameter gradients; the clip norm is one reduction over the flat buffer)."""
-        params = list(self.policy.parameters())
-        self.params = params
-        self.flat_grad = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-        views, offset = [], 0
-        for p in params:
-            views.append(self.flat_grad[offset: offset + p.numel()].view_as(p))
-            offset += p.numel()
-        self.grads = views
-        self._bind_transposed()
-        self.rebind()
-        grad_of = {id(p): g for p, g in zip(params, views, strict=True)}
+    def _flatten(self) -> None:
+        """Lay the network's parameters and their gradients out in two flat buffers of one layout; every parameter
+        (``.data``) and its ``.grad`` become views of them. The network stays the same ``nn.Linear`` modules: only
+        where their numbers live changes, so its ``state_dict``, the optimiser and every reader see ordinary
+        parameters. Why: the two trunks' layers of one depth sit side by side as one [2, out, in] block (both
+        trunks in one ``baddbmm``/``bmm`` per layer), clipping is one norm, and the optimiser steps the whole
+        network in one fused-Adam call on one tensor (``bind_optimizer``) instead of one per parameter."""
         layout = self.layout
+        groups: list[list[Tensor]] = []  # each group one block; a trunk pair → [2, …]
+        if self.separate:
+            for p, v in zip(layout.policy_linears, layout.value_linears, strict=True):
+                groups += [[p.weight, v.weight], [p.bias, v.bias]]
+        else:
+            for p in layout.policy_linears:
+                groups += [[p.weight], [p.bias]]
+        head = layout.head.linear
+        groups += [[head.weight], [head.bias]]
+        if self.has_value:
+            groups += [[layout.value_out.weight], [layout.value_out.bias]]
+        if layout.log_std is not None:
+            groups.append([layout.log_std])
+        params = [p for group in groups for p in group]
+        if len({id(p) for p in params}) != len(params) or len(params) != sum(1 for _ in self.policy.parameters()):
+            raise ValueError("the network's parameters are not exactly its layers' (mlp_layout should have said so)")
+        first = params[0]
+        self.flat_param = torch.empty(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+        self.flat_grad = torch.zeros_like(self.flat_param)
+        self._groups = groups
+        param_blocks = self._blocks(self.flat_param)
+        grad_blocks = self._blocks(self.flat_grad)
+        with torch.no_grad():
+            for group, block in zip(groups, param_blocks, strict=True):
+                for p, row in zip(group, block.unbind(0), strict=True):
+                    row.copy_(p)
+        self.params = params
+        self.param_views = [row for block in param_blocks for row in block.unbind(0)]
+        self.grads = [row for block in grad_blocks for row in block.unbind(0)]
+        for p, view in zip(params, self.param_views, strict=True):
+            p.data = view
+        self._adam = None  # Adam's flat moments follow the parameters' layout: bound again (bind_optimizer)
+        depth = len(layout.policy_linears)
+        if self.separate:
+            self.stacked_w = param_blocks[0: 2 * depth: 2]  # [2, out, in]: (policy, value) at each depth
+            self.stacked_wt = [w.transpose(1, 2) for w in self.stacked_w]  # [2, in, out] views (Adam shows through)
+            self.stacked_b = [b.unsqueeze(1) for b in param_blocks[1: 2 * depth: 2]]  # [2, 1, out]
+            self.stacked_grad_w = grad_blocks[0: 2 * depth: 2]
+            self.stacked_grad_b = grad_blocks[1: 2 * depth: 2]  # [2, out]
+        grad_of = {id(p): g for p, g in zip(params, self.grads, strict=True)}
 
         def grads(linears):
             return [(grad_of[id(l.weight)], grad_of[id(l.bias)]) for l in linears]
 
         self.policy_grads = grads(layout.policy_linears)
-        self.value_grads = grads(layout.value_linears) if self.separate else []
         self.head_grads = grads([layout.head.linear])[0]
         self.value_out_grads = grads([layout.value_out])[0] if self.has_value else None
         self.grad_log_std = grad_of[id(layout.log_std)] if layout.log_std is not None else None
+        # weight.t() is a view: Adam's in-place steps show through it, and the forward saves one view op per layer
+        layers = [*([] if self.separate else layout.policy_linears), layout.head.linear,
+                  *([layout.value_out] if self.has_value else [])]
+        self.weight_t = {id(layer): layer.weight.t() for layer in layers}
+        for p, g in zip(params, self.grads, strict=True):
+            p.grad = g
+
+    def _blocks(self, flat: Tensor) -> list[Tensor]:
+        """``flat`` [D] as the parameter groups' blocks [len(group), *shape], in order."""
+        blocks, offset = [], 0
+        for group in self._groups:
+            size = group[0].numel() * len(group)
+            blocks.append(flat[offset: offset + size].view(len(group), *group[0].shape))
+            offset += size
+        return blocks
 
     def rebind(self) -> None:
-        """Point every ``.grad`` at its view again (after something replaced or cleared it), and refresh the
-        transposed weight views the forward reads if a parameter's storage was replaced (``.to()``, ``.data =``)."""
+        """Before a training step's updates: lay the parameters out again if something replaced their storage
+        (``.to()``, ``.data =``, ``load_state_dict(assign=True)``), and point every ``.grad`` at its view again
+        (after something replaced or cleared it)."""
+        if any(p.data_ptr() != view.data_ptr() or p.shape != view.shape
+               for p, view in zip(self.params, self.param_views, strict=True)):
+            self._flatten()
         for p, g in zip(self.params, self.grads, strict=True):
             if p.grad is not g:
                 p.grad = g
-        if any(view.data_ptr() != layer.weight.data_ptr() for layer, view in self._transposed):
-            self._bind_transposed()
 
-    def _bind_transposed(self) -> None:
-        # weight.t() is a view: Adam's in-place steps show through it, and the forward saves one view op per layer
-        layout = self.layout
-        layers = [*layout.policy_linears, *(layout.value_linears or []), layout.head.linear,
-                  *([layout.value_out] if layout.value_out is not None else [])]
-        self._transposed = [(layer, layer.weight.t()) for layer in layers]
-        self.weight_t = {id(layer): view for layer, view in self._transposed}
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Adam's moments (and step counts) as views of flat buffers laid out as the parameters, so ``adam_step``
+        is one fused-kernel call on one tensor. Applies to a plain fused Adam over exactly this network's
+        parameters (``fused_adam_step``'s conditions) whose state is empty or in step; returns whether it does
+        (else ``adam_step`` is ``fused_adam_step``). The optimiser's ``state`` keeps ordinary per-parameter
+        entries (views), so its ``state_dict``, ``load_state_dict`` and ``step()`` work as before; a loaded state
+        replaces the views, and the next call lays it out again."""
+        if self._adam is not None and self._adam[0] is optimizer and all(
+                optimizer.state.get(p, {}).get("exp_avg") is m for p, m in zip(self.params, self._adam[4],
+                                                                                strict=True)):
+            return True
+        self._adam = None
+        if not _direct_adam_applies(optimizer):
+            return False
+        group = optimizer.param_groups[0]["params"]
+        if len(group) != len(self.params) or {id(p) for p in group} != {id(p) for p in self.params}:
+            return False
+        states = [optimizer.state.get(p) for p in self.params]
+        if any(states) and not all(states):
+            return False
+        exp_avg, exp_avg_sq = torch.zeros_like(self.flat_param), torch.zeros_like(self.flat_param)
+        # the scalar type torch's fused Adam keeps its step counts in
+        steps = torch.zeros(len(self.params), dtype=torch.float32, device=self.flat_param.device)
+        m_views = [row for block in self._blocks(exp_avg) for row in block.unbind(0)]
+        v_views = [row for block in self._blocks(exp_avg_sq) for row in block.unbind(0)]
+        if all(states):
+            counts = {float(s["step"]) for s in states}
+            if len(counts) != 1 or any(set(s) != {"step", "exp_avg", "exp_avg_sq"} for s in states):
+                return False
+            with torch.no_grad():
+                for s, m, v in zip(states, m_views, v_views, strict=True):
+                    m.copy_(s["exp_avg"])
+                    v.copy_(s["exp_avg_sq"])
+            steps.fill_(counts.pop())
+        for i, (p, m, v) in enumerate(zip(self.params, m_views, v_views, strict=True)):
+            optimizer.state[p] = {"step": steps[i], "exp_avg": m, "exp_avg_sq": v}
+        self._adam = (optimizer, exp_avg, exp_avg_sq, steps, m_views)
+        return True
+
+    def adam_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``: one fused-Adam call on the flat buffers when ``bind_optimizer`` bound them, else
+        ``fused_adam_step``. Tested equal to ``torch.optim.Adam.step`` bit for bit."""
+        if self._adam is None or self._adam[0] is not optimizer or not _direct_adam_applies(optimizer):
+            fused_adam_step(optimizer)
+            return
+        _, exp_avg, exp_avg_sq, steps, _ = self._adam
+        group = optimizer.param_groups[0]
+        steps.add_(1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_([self.flat_param], [self.flat_grad], [exp_avg], [exp_avg_sq], [], [steps[0]],
+                           lr=float(group["lr"]), beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                           eps=group["eps"], amsgrad=False, maximize=False)
 
     @torch.no_grad()
     def prepare(self, batches: list[Batch]) -> list[tuple]:
@@ -218,23 +313,42 @@ class LeanUpdate:
             if depth:
                 grad = torch.mm(grad, linears[depth].weight)
 
+    def _stacked_forward(self, obs: Tensor) -> list[Tensor]:
+        """Both trunks: [obs (expanded) [2, B, in], output of depth 1 [2, B, h], …], post-activation."""
+        outputs = [obs.expand(2, *obs.shape)]
+        for weight_t, bias in zip(self.stacked_wt, self.stacked_b, strict=True):
+            outputs.append(self.activation(torch.baddbmm(bias, outputs[-1], weight_t)))
+        return outputs
+
+    def _stacked_backward(self, grad: Tensor, outputs: list[Tensor]) -> None:
+        """grad = ∂L/∂(both trunks' outputs) [2, B, h] → every trunk layer's weight and bias gradient, in place."""
+        for depth in range(len(self.stacked_w) - 1, -1, -1):
+            grad = self.activation_backward(grad, outputs[depth + 1])
+            torch.bmm(grad.transpose(1, 2), outputs[depth], out=self.stacked_grad_w[depth])
+            torch.sum(grad, 1, out=self.stacked_grad_b[depth])
+            if depth:
+                grad = torch.bmm(grad, self.stacked_w[depth])
+
     @torch.inference_mode()  # cheaper per call than no_grad (no version counters or view tracking)
     def __call__(self, batch: Batch, prepared: tuple | None = None) -> tuple[Tensor, Tensor]:
         """Loss [] and diagnostics [K] (named by ``keys``) of one minibatch; its gradient is written into
         ``flat_grad``. ``prepared``: its entry of ``prepare``."""
-        self.rebind()
+        if prepared is None:  # a call outside a training step (the step's start rebinds once for all its updates)
+            self.rebind()
         layout = self.layout
         weight, advantages, neg_adv_w, real, surrogate_scale = \
             prepared if prepared is not None else self.prepare([batch])[0]
 
         # -- forward through the reference network's own parameters
-        policy_outputs = self._trunk_forward(batch.obs, layout.policy_linears)
-        features = policy_outputs[-1]
+        if self.separate:  # both trunks at once: [2, B, h] through each depth's [2, out, in] block
+            trunk_outputs = self._stacked_forward(batch.obs)
+            features, value_features = trunk_outputs[-1].unbind(0)
+        else:
+            policy_outputs = self._trunk_forward(batch.obs, layout.policy_linears)
+            features = value_features = policy_outputs[-1]
         head = layout.head.linear
         head_out = torch.addmm(head.bias, features, self.weight_t[id(head)])
         if self.has_value:
-            value_outputs = self._trunk_forward(batch.obs, layout.value_linears) if self.separate else None
-            value_features = value_outputs[-1] if self.separate else features
             values = torch.addmm(layout.value_out.bias, value_features, self.weight_t[id(layout.value_out)]).squeeze(1)
 
         # -- log π(a|s), −H and their derivatives
@@ -312,12 +426,11 @@ class LeanUpdate:
             torch.mm(d_value.unsqueeze(0), value_features, out=self.value_out_grads[0])
             torch.sum(d_value, 0, keepdim=True, out=self.value_out_grads[1])
             if self.separate:
-                if layout.value_linears:
-                    self._trunk_backward(torch.outer(d_value, value_weight[0]), value_outputs, layout.value_linears,
-                                         self.value_grads)
+                self._stacked_backward(torch.stack([d_features, torch.outer(d_value, value_weight[0])]),
+                                       trunk_outputs)
             elif d_features is not None:  # a shared trunk gets both heads' gradients
                 d_features = torch.addr(d_features, d_value, value_weight[0])
-        if d_features is not None:
+        if d_features is not None and not self.separate:
             self._trunk_backward(d_features, policy_outputs, layout.policy_linears, self.policy_grads)
 
         # -- diagnostics: masked means in one product, the ratio's extremes over real rows in one aminmax

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from pglab.accel.lean import LeanUpdate as LeanGradient
-from pglab.accel.lean import clip_flat_, fused_adam_step
+from pglab.accel.lean import clip_flat_
 from pglab.core.collectives import all_reduce_mean_
 from pglab.core.types import Batch
 
@@ -120,7 +120,12 @@ class LeanUpdate(Update):
         self._next = 0
 
     def start(self, minibatches: list[Batch]) -> None:
-        # the per-minibatch constants of the whole step at once (one set of [M, B] operations)
+        # the parameters', gradients' and Adam's flat layout checked once per step (a checkpoint load or .to()
+        # replaces storages between steps), then the per-minibatch constants of the whole step at once (one set of
+        # [M, B] operations)
+        if minibatches:
+            self.gradient.rebind()
+            self.gradient.bind_optimizer(self.module.optimizers().optimizer)
         self._prepared, self._next = (self.gradient.prepare(minibatches) if minibatches else []), 0
 
     def __call__(self, batch: Batch, first: bool = False) -> dict[str, Tensor]:
@@ -134,6 +139,6 @@ class LeanUpdate(Update):
             module._record_group_norms()
         loss_value, grad_norm = clip_flat_(gradient.flat_grad, module.hparams.max_grad_norm, loss)
         if module._update_is_finite(loss_value, grad_norm):
-            fused_adam_step(module.optimizers().optimizer)
+            gradient.adam_step(module.optimizers().optimizer)
         module._count_direct_step()
         return gradient.named(diagnostics)

@@ -8,7 +8,8 @@ minibatch built to reach every branch of the formulas:
 - log-ratios spread evenly over [−3.5, 3.5] (ratios e^±3.5: far outside any clip range on both sides),
 - advantages of both signs on every ratio range, so each side of PPO's min() is taken,
 - padded rows (mask 0) holding junk, in every episode,
-- old values spread ±3 value-clip ranges around V, so the value clip is active on some rows and not on others,
+- old values spread ±3 value-clip ranges around V, so the value clip is active on some rows and not on others
+  (never exactly at the clip range, where the value loss has a kink),
 - several episodes (for per-episode aggregation).
 
 A difference beyond float64 rounding is a reason (naming what differed) and the reference runs instead. Pure torch;
@@ -83,8 +84,10 @@ def synthetic_batch(policy: nn.Module, obs_dim: int, generator: torch.Generator,
     magnitude = torch.rand(rows, generator=generator, **opts) + 0.2
     advantages = magnitude * torch.where(torch.arange(rows) % 2 == 0, 1.0, -1.0).to(torch.float64)
     clip = value_clip if value_clip is not None else 0.2
-    values_old = now.values + torch.linspace(-3 * clip, 3 * clip, rows, **opts)[torch.randperm(rows,
-                                                                                               generator=generator)]
+    # old values ±3 clip ranges around V on a grid shifted off ±clip itself: at |V − V_old| = clip exactly the value
+    # loss has a kink, where the two paths' last-bit differences pick different sides of the clamp
+    grid = torch.linspace(-3.0, 3.0, rows, **opts) + 0.1234567 * 6.0 / max(rows - 1, 1)
+    values_old = now.values + clip * grid[torch.randperm(rows, generator=generator)]
     targets = now.values + torch.randn(rows, generator=generator, **opts)
     mask = torch.ones(episodes, rows_per_episode, **opts)
     mask[:, rows_per_episode - padded_per_episode:] = 0.0

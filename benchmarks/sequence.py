@@ -14,7 +14,8 @@ is never hit by a random policy (its chance of reversing 6 symbols and stopping 
 ~2% exact match, hardly moved GRPO in 60k steps. ``--sft-check N`` scores an N-step warm start on its own.
 
 Results: ``docs/sequence/results.json`` (raw), ``docs/sequence/*.png`` and the table in ``docs/sequence.md``
-(written between the ``<!-- results -->`` markers, the prose around them is kept).
+(written between the ``<!-- results -->`` markers, the prose around them is kept). ``--no-doc`` prints the table and
+writes only the raw results, to ``benchmarks/results/sequence.json`` (or ``--out``): docs/sequence/ is not touched.
 """
 
 from __future__ import annotations
@@ -202,13 +203,20 @@ def main() -> None:
     parser.add_argument("--sft-check", type=int, nargs="*", default=[],
                         help="warm-start step counts to score alone (one rollout of RL, so the start is pure SFT)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the main runs")
-    parser.add_argument("--append", action="store_true", help="add to docs/sequence/results.json instead of replacing")
-    parser.add_argument("--no-doc", action="store_true", help="only print and save results.json")
+    parser.add_argument("--append", action="store_true", help="add to the results file (--out) instead of replacing")
+    parser.add_argument("--no-doc", action="store_true",
+                        help="only print and save the raw results (to --out; docs/sequence/ is left as it is)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="raw results file (default: docs/sequence/results.json, the data behind the doc; with "
+                             "--no-doc benchmarks/results/sequence.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out_dir = ROOT / "docs" / "sequence"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / "results.json"
+    # a trial run (--no-doc) must not replace the committed results the doc's table and figures were made from
+    raw = args.out or (ROOT / "benchmarks" / "results" / "sequence.json" if args.no_doc else out_dir / "results.json")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    if not args.no_doc:
+        out_dir.mkdir(parents=True, exist_ok=True)
     results = json.loads(raw.read_text()) if args.append and raw.exists() else []
     for preset in args.presets:
         for seed in range(args.seeds):
@@ -232,6 +240,7 @@ def main() -> None:
             results.append(result)
             raw.write_text(json.dumps(results, indent=1))
     print(table(results, args.target))
+    print(f"raw results: {raw}")
     if not args.no_doc:
         write_doc(results, args, plot(results, out_dir))
     if any(math.isnan(r["final_exact_match"]) for r in results):

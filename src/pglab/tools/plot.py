@@ -26,10 +26,15 @@ Statistics (following Agarwal et al., 2021, "Deep RL at the edge of the statisti
   (3 seeds)" when runs share one (e.g. repeats of a seed), and the table has ``runs`` and ``seeds`` columns: the CI
   is over runs, whatever their seeds.
 - **Curves**: a group's runs are linearly interpolated onto a common grid of ``--points`` x values from the
-  earliest first x to the *longest* run's last x (no extrapolation). At each grid point the IQM is over the runs
-  whose logged x range covers it; the band needs at least 2 of them and is dropped where fewer remain. Where fewer
-  than all of the group's runs contribute (shorter runs have ended), the curve is dashed and ``n=k`` marks where
-  the count changes.
+  earliest first x to the *longest* run's end. A run covers its x range from its first point of the metric to its
+  last row of any metric (it ran until then): where the metric was not logged again at the end (e.g. no CartPole
+  episode of 500 steps finished in the last rollouts), its last value is held, so runs of one budget end together.
+  At each grid point the IQM is over the runs that cover it; the band needs at least 2 of them and is dropped where
+  fewer remain. Where fewer than all of the group's runs contribute (shorter runs have ended), the curve is dashed
+  and ``n=k`` marks where the count changes.
+- **Merged runs**: the command warns when a group holds runs whose configs differ in more than the seed (keys other
+  than the grouping keys, where and how a run was recorded left out): one curve would average different
+  configurations; add the keys it names to ``--group-by``.
 - **Final score** (the table) of a run: the mean of the metric over the last 10% of *its own* logged points (at
   least one point), which smooths the noise of a single last value. Runs of different length are each scored at
   their own end (the table notes such groups and the command warns), so the table's IQM is over all runs of the
@@ -56,7 +61,8 @@ import numpy as np
 import yaml
 
 __all__ = ["Run", "Group", "iqm", "bootstrap_ci", "runs_label", "final_score", "find_runs", "load_run",
-           "default_group_keys", "group_runs", "aggregate_curves", "score_table", "plot_curves", "main"]
+           "default_group_keys", "group_runs", "merged_differences", "aggregate_curves", "score_table",
+           "plot_curves", "main"]
 
 MATPLOTLIB_MISSING = "plotting needs matplotlib: pip install 'pglab[plot]'"
 SCIPY_MISSING = "the statistics (IQM, bootstrap CI) need scipy: pip install 'pglab[plot]'"
@@ -134,6 +140,12 @@ class Run:
     config: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    end: float | None = None          # the last x of any row (the run's own end); None: x[-1]
+
+    @property
+    def last_x(self) -> float:
+        """Where the run ends: its last row of any metric, never before its last point of this one."""
+        return max(float(self.x[-1]), self.end) if self.end is not None else float(self.x[-1])
 
     def lookup(self, key: str):
         """A Hydra choice (``surrogate``, ``algo``, …) if ``key`` names one, else the dotted config path."""
@@ -211,6 +223,13 @@ def read_curve(metrics_csv: Path, metric: str, x_key: str) -> tuple[np.ndarray, 
     return xs, np.array([points[x] for x in xs], dtype=np.float64)
 
 
+def read_end(metrics_csv: Path, x_key: str) -> float | None:
+    """The largest ``x_key`` of any row (of any metric): how far the run got."""
+    with open(metrics_csv, newline="") as f:
+        xs = [x for row in csv.DictReader(f) if (x := _float(row.get(x_key))) is not None]
+    return max(xs) if xs else None
+
+
 def _read_yaml(path: Path):
     if not path.is_file():
         return None
@@ -220,13 +239,14 @@ def _read_yaml(path: Path):
 
 def load_run(run_dir: Path, metric: str, x_key: str) -> Run:
     x, y = read_curve(run_dir / "csv" / "metrics.csv", metric, x_key)
+    end = read_end(run_dir / "csv" / "metrics.csv", x_key) if x.size else None
     hydra_dir = run_dir / ".hydra"
     config = _read_yaml(hydra_dir / "config.yaml") or {}
     hydra_cfg = _read_yaml(hydra_dir / "hydra.yaml") or {}
     choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
     return Run(run_dir, x, y, config, {k: v for k, v in choices.items() if not k.startswith("hydra/")},
-               [str(o) for o in overrides])
+               [str(o) for o in overrides], end)
 
 
 # -- groups -------------------------------------------------------------------------------------------------
@@ -303,6 +323,32 @@ def runs_label(runs: Sequence[Run]) -> str:
     return runs_ if k is None else f"{runs_} ({k} seed{'s' if k != 1 else ''})"
 
 
+# where and how a run was recorded, not what it trained: differences here do not make runs different
+_RECORDING_KEYS = {"seed", "run_name", "ckpt_path", "progress_every_s", "population"}
+_RECORDING_PREFIXES = ("paths.", "hydra.", "logger.", "trainer.")
+_TRAINER_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+                 "trainer.precision")
+
+
+def merged_differences(group: Group, keys: Sequence[str]) -> dict[str, list[str]]:
+    """Keys (Hydra choices and config leaves) whose values differ between ``group``'s runs, besides the grouping
+    ``keys``, the seed (and values named ``*.seed``) and the recording settings: {key: sorted distinct values}."""
+    if len(group.runs) < 2:
+        return {}
+    # choices first: algo=ppo vs algo=a2c is named before the leaves it sets
+    candidates = dict.fromkeys(k for r in group.runs for k in r.choices)
+    candidates.update(dict.fromkeys(k for r in group.runs for k in _leaves(r.config)))
+    out = {}
+    for key in candidates:
+        if key in keys or key in _RECORDING_KEYS or key.endswith(".seed") or key.startswith("hydra/") or \
+                (key.startswith(_RECORDING_PREFIXES) and key not in _TRAINER_KEYS):
+            continue
+        values = {_fmt(r.lookup(key)) for r in group.runs}
+        if len(values) > 1:
+            out[key] = sorted(values)
+    return out
+
+
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
     groups: dict[str, list[Run]] = {}
     for r in runs:
@@ -317,12 +363,12 @@ def aggregate_curves(group: Group, points: int = 200, resamples: int = 2000, see
     The grid spans [earliest first x, latest last x]; a run contributes (linearly interpolated) where the grid point
     lies within its own logged x range. The band is NaN where fewer than 2 runs contribute."""
     lo = min(float(r.x[0]) for r in group.runs)
-    hi = max(float(r.x[-1]) for r in group.runs)
+    hi = max(r.last_x for r in group.runs)
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
     ys = np.full((len(group.runs), grid.size), np.nan)
     for i, r in enumerate(group.runs):
-        inside = (grid >= r.x[0]) & (grid <= r.x[-1])
-        ys[i, inside] = np.interp(grid[inside], r.x, r.y)
+        inside = (grid >= r.x[0]) & (grid <= r.last_x)
+        ys[i, inside] = np.interp(grid[inside], r.x, r.y)  # np.interp holds the last value up to the run's end
     present = ~np.isnan(ys)
     curve, low, high = (np.full(grid.size, np.nan) for _ in range(3))
     # contiguous stretches of the grid covered by the same runs: one IQM / bootstrap call per stretch
@@ -357,7 +403,7 @@ def score_table(groups: Sequence[Group], last_frac: float = 0.1, resamples: int 
     for g in groups:
         scores = np.array([final_score(r.y, last_frac) for r in g.runs])
         low, high = bootstrap_ci(scores, iqm, resamples=resamples, seed=seed)
-        ends = [float(r.x[-1]) for r in g.runs if r.x.size]
+        ends = [r.last_x for r in g.runs if r.x.size]
         rows.append(ScoreRow(g.label, len(scores), iqm(scores), float(scores.mean()), low, high, seed_count(g.runs),
                              (min(ends), max(ends)) if ends else None))
     return rows
@@ -524,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         aggregate_curves(g, points=args.points, resamples=args.resamples, seed=args.seed + i)
     rows = score_table(groups, last_frac=args.last_frac, resamples=args.resamples, seed=args.seed)
     for g in groups:
+        differ = merged_differences(g, keys)
+        if differ:
+            shown = "; ".join(f"{k} ({', '.join(v[:4])}{', …' if len(v) > 4 else ''})" for k, v in
+                              list(differ.items())[:6]) + ("; …" if len(differ) > 6 else "")
+            print(f"pglab.tools.plot: {g.label}: merges {len(g.runs)} runs whose configs differ in more than the "
+                  f"seed: {shown}; one curve averages them: add the keys to --group-by to split them",
+                  file=sys.stderr)
         if 1 < len(g.runs) < 5:
             print(f"pglab.tools.plot: {g.label}: {len(g.runs)} runs only; its 95% band and "
                   "CI are a bootstrap over so few values and say little (5 or more seeds make them meaningful)",

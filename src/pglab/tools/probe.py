@@ -1,9 +1,9 @@
 """The derivation as an experiment: how noisy and how biased is each policy-gradient estimator, measured.
 
-``python -m pglab.tools.probe run_dir=outputs/ppo/<time>`` (or ``ckpt_path=…``, or ``'ckpt_path=[a.ckpt,b.ckpt]'``;
-options
-in ``conf/probe.yaml``). A run trained with ``checkpoint.snapshots=true`` gives early / middle / late policies
-(``checkpoints/snapshot-epoch=*.ckpt``); without snapshots the probe takes ``last.ckpt``.
+``python -m pglab.tools.probe run_dir=outputs/ppo/CartPole-v1/<time>`` (or ``ckpt_path=…``, or
+``'ckpt_path=[a.ckpt,b.ckpt]'``; options in ``conf/probe.yaml``). A run trained with ``checkpoint.snapshots=true``
+gives early / middle / late policies (``checkpoints/snapshot-epoch=*.ckpt``); without snapshots the probe takes
+``last.ckpt``.
 
 For every checkpoint the policy is **frozen**. The probe draws M = ``batches`` independent batches of
 ``batch_steps`` env steps with it (the repo's ``SegmentCollector`` on the run's own environment, rebuilt by
@@ -483,7 +483,8 @@ def checkpoints_from_cfg(cfg: DictConfig) -> list[tuple[str, Path]]:
                 raise CheckpointError(f"checkpoint not found: {p}")
         return [(Path(p).stem, Path(p)) for p in paths]
     if cfg.run_dir is None:
-        raise ValueError("which policy? pass run_dir=outputs/<algo>/<time> (a training run) or ckpt_path=<file.ckpt>")
+        raise ValueError("which policy? pass run_dir=outputs/<experiment or algo>/<env>/<time> (a training run) or "
+                         "ckpt_path=<file.ckpt>")
     return find_checkpoints(cfg.run_dir, int(cfg.snapshots))
 
 

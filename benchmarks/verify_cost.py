@@ -1,7 +1,9 @@
 """What the start-up check of the fast paths costs (``pglab.accel.verify``), in-process, one torch thread.
 
-``python benchmarks/verify_cost.py`` prints the median and range over 7 calls of each check, for the default
-CartPole network (4 → 2, 64-64 tanh, separate trunks) and a HalfCheetah-sized Gaussian one (17 → 6).
+``python benchmarks/verify_cost.py`` prints the median and range over 15 rounds of what the learner runs at fit
+start (``PolicyGradientModule._choose_paths``): one float64 copy of the network, the fused actor's check and the
+lean update's check on it — each part and the total — for the default CartPole network (4 → 2, 64-64 tanh,
+separate trunks) and a HalfCheetah-sized Gaussian one (17 → 6).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 
 import torch
 
-from pglab.accel.verify import verify_fused_actor, verify_lean_update
+from pglab.accel.verify import float64_copy, verify_fused_actor, verify_lean_update
 from pglab.core.surrogates import Clip
 from pglab.learner.loss import LossSettings
 from pglab.models.mlp import ActorCritic
@@ -22,19 +24,23 @@ def main() -> None:
     for label, obs_dim, space in (("CartPole 4 → 2 discrete", 4, ("discrete", 2)),
                                   ("HalfCheetah 17 → 6 Gaussian", 17, ("continuous", 6))):
         policy = ActorCritic(obs_dim, space)
-        verify_fused_actor(policy), verify_lean_update(policy, Clip(0.2), LossSettings())  # first-call warm-up
-        times = {"fused actor": [], "lean update": []}
-        for _ in range(7):
+        settings = LossSettings(value_clip=0.2)
+        times: dict[str, list[float]] = {"float64 copy": [], "fused actor": [], "lean update": [], "total": []}
+        for round_ in range(16):  # the first round warms up
             start = time.perf_counter()
-            assert verify_fused_actor(policy).problem is None
+            reference = float64_copy(policy)
+            copied = time.perf_counter()
+            assert verify_fused_actor(policy, reference=reference).problem is None
             middle = time.perf_counter()
-            assert verify_lean_update(policy, Clip(0.2), LossSettings(value_clip=0.2)).problem is None
-            times["fused actor"].append(middle - start)
-            times["lean update"].append(time.perf_counter() - middle)
+            assert verify_lean_update(policy, Clip(0.2), settings, reference=reference).problem is None
+            end = time.perf_counter()
+            if round_:
+                for key, value in (("float64 copy", copied - start), ("fused actor", middle - copied),
+                                   ("lean update", end - middle), ("total", end - start)):
+                    times[key].append(value)
         parts = [f"{k} {1e3 * statistics.median(v):.1f} ms ({1e3 * min(v):.1f}–{1e3 * max(v):.1f})"
                  for k, v in times.items()]
         print(f"{label}: " + "; ".join(parts))
-
 
 if __name__ == "__main__":
     main()

@@ -147,7 +147,7 @@ def test_the_default_path_is_the_fast_one_and_says_so(make_cfg, capsys):
     r = _fit(make_cfg, *ON_POLICY)
     notice = capsys.readouterr().out
     assert r.module.collection_path == "fused" and r.module.update_path == "lean"
-    assert "pglab: collection: fused actor; update: lean (verified against autograd in" in notice
+    assert "pglab: collection: fused actor; update: lean (verified against autograd; start-up checks" in notice
     _assert_on_policy(r)
 
 

@@ -33,7 +33,7 @@ from pglab.core.surrogates import Surrogate
 from pglab.core.types import Batch
 from pglab.learner.loss import LossSettings, minibatch_loss
 
-__all__ = ["verify_fused_actor", "verify_lean_update", "synthetic_batch", "Verdict"]
+__all__ = ["verify_fused_actor", "verify_lean_update", "synthetic_batch", "float64_copy", "Verdict"]
 
 _RTOL, _ATOL = 1e-7, 1e-9  # float64: the paths agree to ~1e-13 when they compute the same function
 
@@ -60,7 +60,9 @@ def _differs(name: str, fast: Tensor, ref: Tensor) -> str | None:
     return None
 
 
-def _float64_copy(policy: nn.Module) -> nn.Module:
+def float64_copy(policy: nn.Module) -> nn.Module:
+    """The network the checks run on: a CPU float64 copy (the checks may lay its parameters out anew). One copy
+    serves both checks when passed as ``reference=`` (the fused actor's check only reads it)."""
     return copy.deepcopy(policy).to(device="cpu", dtype=torch.float64)
 
 
@@ -99,13 +101,14 @@ def synthetic_batch(policy: nn.Module, obs_dim: int, generator: torch.Generator,
                  num_episodes=episodes)
 
 
-def verify_fused_actor(policy: nn.Module) -> Verdict:
+def verify_fused_actor(policy: nn.Module, reference: nn.Module | None = None) -> Verdict:
     """Does the fused actor built from ``policy`` give the reference network's actions' log-probabilities,
-    values and distribution parameters (sampled and deterministic)?"""
+    values and distribution parameters (sampled and deterministic)? ``reference``: ``float64_copy(policy)`` if
+    the caller made one already."""
     start = time.perf_counter()
     problem = None
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        reference = _float64_copy(policy)
+        reference = float64_copy(policy) if reference is None else reference
         layout = mlp_layout(reference)
         if isinstance(layout, str):
             return Verdict(layout, time.perf_counter() - start)
@@ -129,15 +132,17 @@ def verify_fused_actor(policy: nn.Module) -> Verdict:
                    time.perf_counter() - start)
 
 
-def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSettings) -> Verdict:
+def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSettings,
+                       reference: nn.Module | None = None) -> Verdict:
     """Does the lean update give the reference loss (``pglab.learner.loss``), every parameter's gradient and every
-    diagnostic (same names, same values) on the synthetic batch?"""
+    diagnostic (same names, same values) on the synthetic batch? ``reference``: ``float64_copy(policy)`` if the
+    caller made one already (it is changed: its parameters are laid out flat)."""
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        reference = _float64_copy(policy)
+        reference = float64_copy(policy) if reference is None else reference
         for p in reference.parameters():
             p.grad = None
-        lean_surrogate = surrogate_for_reference(surrogate)
+        lean_surrogate, reference_surrogate = surrogate_for_reference(surrogate), surrogate_for_reference(surrogate)
         try:
             lean = LeanUpdate(reference, lean_surrogate, vf_coef=settings.vf_coef, ent_coef=settings.ent_coef,
                               value_clip=settings.value_clip, normalize_advantages=settings.normalize_advantages)
@@ -155,7 +160,7 @@ def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSe
             fast_stats = lean.named(diagnostics)
             params = [p for _, p in reference.named_parameters()]
             with torch.enable_grad():
-                ref_loss, ref_stats = minibatch_loss(reference, surrogate_for_reference(surrogate), batch, settings)
+                ref_loss, ref_stats = minibatch_loss(reference, reference_surrogate, batch, settings)
                 ref_grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
             problem = _differs("the loss", loss, ref_loss.detach())
             if problem is None and set(fast_stats) != set(ref_stats):

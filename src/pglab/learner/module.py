@@ -25,12 +25,12 @@ from pglab.accel.fused_actor import fused_actor
 from pglab.accel.lean import GRADIENT_MODES, unsupported
 from pglab.accel.lean import LeanUpdate as LeanGradient
 from pglab.accel.structure import mlp_layout
-from pglab.accel.verify import verify_fused_actor, verify_lean_update
+from pglab.accel.verify import float64_copy, verify_fused_actor, verify_lean_update
 from pglab.core.collectives import all_ranks
 from pglab.core.surrogates import Surrogate
 from pglab.core.types import ActOutput, Batch, RolloutStats
 from pglab.learner.loss import LossSettings, minibatch_loss
-from pglab.learner.update import AutogradUpdate, LeanUpdate, LightningUpdate, Update
+from pglab.learner.update import AutogradUpdate, Diagnostics, LeanUpdate, LightningUpdate, Update
 from pglab.models.build import InferenceActor
 
 __all__ = ["PolicyGradientModule", "NonFiniteError", "NONFINITE_MODES"]
@@ -102,6 +102,7 @@ class PolicyGradientModule(L.LightningModule):
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
         self.updates = 0  # optimizer steps taken (equals trainer.global_step; kept for checkpoints and tests)
         self._epoch_stats: dict[str, list[Tensor]] = defaultdict(list)
+        self._epoch_vectors: dict[tuple[str, ...], list[Tensor]] = defaultdict(list)  # Diagnostics [K] by names
         self.last_rollout: RolloutStats | None = None
         self._rollout_batch: Batch | None = None  # the flat rollout, for the post-update KL
         self._stop_epoch = False
@@ -258,10 +259,13 @@ class PolicyGradientModule(L.LightningModule):
         the start-up check (``pglab.accel.verify``) finds them equal to the reference; else the reference runs."""
         layout = mlp_layout(self.policy)
         self._layout = None
+        started = time.perf_counter()  # what the start-up checks cost, the float64 copy included
+        # one float64 copy serves both checks (the fused actor's only reads it)
+        reference = float64_copy(self.policy) if not isinstance(layout, str) else None
         if isinstance(layout, str):
             collection = f"the network acts (fused actor: {layout})"
         else:
-            verdict = verify_fused_actor(self.policy)
+            verdict = verify_fused_actor(self.policy, reference=reference)
             if verdict.problem is None:
                 self._layout = layout
                 collection = "fused actor"
@@ -274,10 +278,9 @@ class PolicyGradientModule(L.LightningModule):
         if reason is None and self._through_lightning:
             reason = "updates through Lightning's optimizer wrappers (mixed precision, Lightning's DDP wrapper or " \
                      "learner.lightning_optimizer=true)"
-        seconds = 0.0
         if reason is None and mode != "autograd":
-            verdict = verify_lean_update(self.policy, self.surrogate, self.loss_settings)
-            reason, seconds = verdict.problem, verdict.seconds
+            reason = verify_lean_update(self.policy, self.surrogate, self.loss_settings, reference=reference).problem
+        checked_ms = 1000 * (time.perf_counter() - started)
         if mode == "lean" and reason is not None:
             raise ValueError(f"learner.gradients=lean does not cover this run: {reason}. Set learner.gradients=auto "
                              "(or autograd) to use the autograd update")
@@ -286,7 +289,7 @@ class PolicyGradientModule(L.LightningModule):
                                     ent_coef=self.hparams.ent_coef, value_clip=self.hparams.value_clip,
                                     normalize_advantages=self.hparams.normalize_advantages)
             self.update = LeanUpdate(self, gradient)
-            update = f"lean (verified against autograd in {1000 * seconds:.0f} ms)"
+            update = f"lean (verified against autograd; start-up checks {checked_ms:.0f} ms)"
         else:
             self.update = LightningUpdate(self) if self._through_lightning else AutogradUpdate(self)
             update = "autograd" + ("" if mode == "autograd" else f" (the lean update steps aside: {reason})")
@@ -338,8 +341,11 @@ class PolicyGradientModule(L.LightningModule):
             # the per-group gradient norms are a diagnostic: taken on a rollout's first update, on every update only
             # when clip_per_group needs them
             stats = update(batch, first=i == 0 and batch_idx == 0)
-            for key, value in stats.items():
-                self._epoch_stats[key].append(value)
+            if isinstance(stats, Diagnostics):  # one vector per update, stacked once at the epoch's end
+                self._epoch_vectors[stats.names].append(stats.vector)
+            else:
+                for key, value in stats.items():
+                    self._epoch_stats[key].append(value)
             if target_kl is not None and self._global_mean(stats["approx_kl"]) > target_kl:
                 self._stop_epoch = True  # this update happened (as in CleanRL); the rest of the epoch does not
         self._check_parameters(params)
@@ -458,11 +464,15 @@ class PolicyGradientModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         metrics: dict[str, float] = {}
-        if self._epoch_stats:  # every diagnostic's mean over the epoch's updates, in one host transfer
-            keys = list(self._epoch_stats)
-            means = torch.stack([torch.stack(self._epoch_stats[k]).float().mean() for k in keys]).tolist()
+        if self._epoch_stats or self._epoch_vectors:
+            # every diagnostic's mean over the epoch's updates, in one host transfer
+            keys = [k for names in self._epoch_vectors for k in names] + list(self._epoch_stats)
+            parts = [torch.stack(vectors).float().mean(0) for vectors in self._epoch_vectors.values()]
+            parts += [torch.stack(self._epoch_stats[k]).float().mean().view(1) for k in self._epoch_stats]
+            means = torch.cat(parts).tolist()
             metrics.update({f"train/{key}": value for key, value in zip(keys, means, strict=True)})
         self._epoch_stats.clear()
+        self._epoch_vectors.clear()
         if self.world_size == 1:
             kl = self.post_update_kl()
         else:

@@ -14,6 +14,7 @@ line there and reaches the CSV and W&B on every path (the lean update steps asid
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +28,26 @@ from pglab.core.types import Batch
 if TYPE_CHECKING:
     from pglab.learner.module import PolicyGradientModule
 
-__all__ = ["Update", "AutogradUpdate", "LightningUpdate", "LeanUpdate"]
+__all__ = ["Update", "AutogradUpdate", "LightningUpdate", "LeanUpdate", "Diagnostics"]
+
+
+class Diagnostics(Mapping):
+    """One update's diagnostics by name, held as one vector [K] (``names`` [K]): a read-only dict to every
+    reader, while the learner averages an epoch's vectors in one stack instead of K lists of 0-dim tensors."""
+
+    __slots__ = ("names", "vector", "_index")
+
+    def __init__(self, names: tuple[str, ...], vector: Tensor, index: dict[str, int]) -> None:
+        self.names, self.vector, self._index = names, vector, index
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.vector[self._index[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 class Update:
@@ -116,6 +136,8 @@ class LeanUpdate(Update):
     def __init__(self, module: PolicyGradientModule, gradient: LeanGradient) -> None:
         super().__init__(module)
         self.gradient = gradient
+        self._names = tuple(gradient.keys)
+        self._index = {name: i for i, name in enumerate(self._names)}
         self._prepared: list[tuple] = []
         self._next = 0
 
@@ -141,4 +163,4 @@ class LeanUpdate(Update):
         if module._update_is_finite(loss_value, grad_norm):
             gradient.adam_step(module.optimizers().optimizer)
         module._count_direct_step()
-        return gradient.named(diagnostics)
+        return Diagnostics(self._names, diagnostics, self._index)

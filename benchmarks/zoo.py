@@ -347,10 +347,13 @@ def _fmt(st: dict | None) -> str:
     return f"{st['iqm']:.1f}{ci} (n={st['n']})"
 
 
-def collect(runs: Path) -> dict:
-    """Every finished run under ``runs``, per env and budget: the statistics the table shows."""
+def collect(runs: Path, previous: dict | None = None) -> dict:
+    """Every finished run under ``runs``, per env and budget: the statistics the table shows. ``previous``: an
+    earlier ``zoo.json``'s envs; its rows for (env, budget) pairs with no runs here are kept as they were (a study
+    resumed on another machine, or after its run folders were removed, does not lose committed results)."""
     from pglab.tools.plot import final_score
 
+    previous = previous or {}
     out = {}
     for env in ORDER:
         entry = ZOO[env]
@@ -371,6 +374,11 @@ def collect(runs: Path) -> dict:
                             "eval": _stat([r["eval_score"] for r in results]),
                             "seeds": [r["seed"] for r in results], "cpu_s": cpu} if results else None
             rows.append(row)
+        here = {row["budget"] for row in rows if row["pglab"] or row["sb3"]}
+        rows = [row for row in rows if row["budget"] in here]
+        rows += [dict(row, kept_from_earlier_results=True) for row in previous.get(env, {}).get("runs", [])
+                 if row["budget"] not in here]
+        rows.sort(key=lambda row: row["budget"], reverse=True)
         out[env] = {"preset": entry.preset, "env_id": entry.env_id, "command":
                     f"python -m pglab.run.train experiment={entry.preset}",
                     "references": [vars(r) for r in entry.refs], "runs": rows}
@@ -410,7 +418,8 @@ def verdict(row: dict, refs: list[dict]) -> str:
 
 
 def write_report(runs: Path, results_dir: Path, log) -> dict:
-    data = collect(runs)
+    earlier = results_dir / "zoo.json"
+    data = collect(runs, json.loads(earlier.read_text())["envs"] if earlier.exists() else None)
     lines = ["# The zoo: tuned presets, pglab vs SB3 at the same settings, and published PPO numbers", "",
              "Produced by `benchmarks/zoo.py` (`make zoo`). Scores: IQM over seeds with a 95% percentile-bootstrap CI "
              "(`pglab.tools.plot`); **eval** = deterministic policy, 10 episodes after the last update (how rl-zoo3's "
@@ -505,7 +514,9 @@ def plot_curves(runs: Path, data: dict, results_dir: Path) -> None:
     from pglab.tools.plot import Group, Run, aggregate_curves
 
     for env, d in data.items():
-        for row in d["runs"][:1]:   # the largest budget run
+        for row in d["runs"][:1]:   # the largest budget run (rows kept from earlier results: their PNG stays)
+            if row.get("kept_from_earlier_results"):
+                continue
             fig, ax = plt.subplots(figsize=(6, 4))
             for lib, color in (("pglab", "C0"), ("sb3", "C1")):
                 members = []

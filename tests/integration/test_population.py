@@ -58,20 +58,29 @@ def brute_force_gae(rewards, values, next_values, terminated, done, gamma=0.99, 
     return adv + values
 
 
-def test_each_member_collects_and_estimates_on_its_own(make_cfg, tmp_path):
-    pop = build_population(make_cfg("population=3", "seed=5", *QUIET, "collector.num_steps=64"))
+@pytest.mark.parametrize("vectorization", ["sync", "auto"])
+def test_each_member_collects_and_estimates_on_its_own(make_cfg, tmp_path, vectorization):
+    """sync: the members' envs are one SyncVectorEnv of P·N envs, each seeded as its member's own run seeds it;
+    auto: gymnasium's native (numpy) CartPole of P·N envs from one seed, member k's block its own."""
+    pop = build_population(make_cfg("population=3", "seed=5", *QUIET, "collector.num_steps=64",
+                                    f"env.vectorization={vectorization}"))
+    assert len(pop.envs) == 1 and pop.envs[0].num_envs == 3 * pop.cfg.env.num_envs
     try:
         rollouts = pop.collector.collect(pop.learner.act, pop.learner.value)
         nets = []
         for k, seed in enumerate([5, 6, 7]):
-            # the member's envs start where a separate run's with its seed start
-            fresh = make_vector_env(EnvConfig(**{**pop.cfg.env}))
-            first, _ = fresh.reset(seed=seed)
-            fresh.close()
-            np.testing.assert_array_equal(rollouts[k].obs[0].numpy(), first.astype(np.float32))
+            # each member's episodes are its own columns' (CartPole: return = length = the steps since a reset)
+            r = rollouts[k]
+            assert len(r.episode_returns) == int((r.done & r.valid).sum())
+            np.testing.assert_array_equal(r.episode_returns, r.episode_lengths)
+            if vectorization == "sync":  # the member's envs start where a separate run's with its seed start
+                fresh = make_vector_env(EnvConfig(**{**pop.cfg.env}))
+                first, _ = fresh.reset(seed=seed)
+                fresh.close()
+                np.testing.assert_array_equal(rollouts[k].obs[0].numpy(), first.astype(np.float32))
             # the rollout was collected by member k's own weights
-            net = build_policy(dict(pop.cfg.model), pop.envs[k].single_observation_space,
-                               pop.envs[k].single_action_space)
+            net = build_policy(dict(pop.cfg.model), pop.envs[0].single_observation_space,
+                               pop.envs[0].single_action_space)
             net.load_state_dict(pop.learner.member_parameters(k))
             nets.append(net)
             r = rollouts[k]
@@ -162,3 +171,54 @@ def test_outputs_per_member_read_as_runs(make_cfg, tmp_path):
 def test_refused_at_start_with_the_fix(make_cfg, override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         build_population(make_cfg("population=2", override))
+
+
+# -- the stacked fast path (learner.gradients=auto) ------------------------------------------------------------------
+FAST = ["eval.enabled=false", "checkpoint.enabled=false", "learner.gradients=auto"]
+
+
+def test_population_of_one_on_the_fast_path_is_the_single_run_as_shipped(make_cfg, tmp_path):
+    """P=1 through the stacked actor and update against the single run through the fused actor and the lean update
+    (each verified against its own reference): the same run to float32 rounding after a rollout and its updates."""
+    r = build(make_cfg("total_env_steps=1", *FAST, output_dir=tmp_path / "single"))
+    r.trainer.fit(r.module, datamodule=r.datamodule)
+    assert r.module.update_path == "lean" and r.module.collection_path == "fused"
+    single = {n: p.detach().clone() for n, p in r.module.policy.named_parameters()}
+    pop = build_population(make_cfg("total_env_steps=1", *FAST, "population=[0]", output_dir=tmp_path / "pop"))
+    assert pop.learner.path == "stacked", pop.learner.path_reason
+    while any(pop.learner.trainable()):
+        pop.iteration()
+    pop.close()
+    mine = pop.learner.member_parameters(0)
+    for name, value in single.items():
+        torch.testing.assert_close(mine[name], value, rtol=0, atol=2e-6)
+
+
+def test_fast_population_trains_as_the_vmapped_reference(make_cfg, tmp_path):
+    """Three members, two rollouts: the stacked path and the vmapped reference collect the same rollouts and end with
+    the same parameters (to float32 rounding); their per-member metrics agree."""
+    pops = {}
+    for gradients in ("auto", "autograd"):
+        pop = build_population(make_cfg("population=3", "seed=2", "total_env_steps=300", "eval.enabled=false",
+                                        "checkpoint.enabled=false", f"learner.gradients={gradients}",
+                                        "collector.num_steps=32", output_dir=tmp_path / gradients))
+        rows = [pop.iteration() for _ in range(2)]
+        pop.close()
+        pops[gradients] = (pop, rows)
+    (fast, fast_rows), (ref, ref_rows) = pops["auto"], pops["autograd"]
+    assert fast.learner.path == "stacked" and ref.learner.path == "reference"
+    for k in range(3):
+        for name, value in ref.learner.member_parameters(k).items():
+            torch.testing.assert_close(fast.learner.member_parameters(k)[name], value, rtol=1e-4, atol=1e-5)
+        for key in ("train/policy_loss", "train/value_loss", "train/approx_kl", "train/kl_post_update",
+                    "rollout/episode_return", "env_steps"):
+            assert abs(fast_rows[1][k][key] - ref_rows[1][k][key]) <= 1e-4 * (1 + abs(ref_rows[1][k][key])), key
+
+
+def test_first_line_says_which_path(make_cfg, tmp_path, capsys):
+    _, code = run(make_cfg("population=2", "total_env_steps=256", "logger=csv", *FAST, output_dir=tmp_path / "a"))
+    assert code == 0 and "update: stacked lean (verified against the vmapped reference" in capsys.readouterr().out
+    _, code = run(make_cfg("population=2", "total_env_steps=256", "logger=csv", "model.activation=elu", *FAST,
+                           output_dir=tmp_path / "b"))
+    out = capsys.readouterr().out
+    assert code == 0 and "the stacked fast path steps aside: member 0's network: policy_trunk.1 is a ELU" in out

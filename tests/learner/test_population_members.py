@@ -39,8 +39,16 @@ def member_batch(batch: dict, k: int) -> Batch:
     return Batch(**f, episode_ids=torch.zeros(B, dtype=torch.long), num_episodes=1)
 
 
-def learner(nets, **kw) -> PopulationLearner:
-    return PopulationLearner(nets, Clip(0.2), seeds=list(range(P)), anneal_lr=False, **kw)
+@pytest.fixture(params=["auto", "autograd"])
+def gradients(request) -> str:
+    """Every test runs on both paths: the stacked fast path (auto) and the vmapped reference (autograd)."""
+    return request.param
+
+
+def learner(nets, gradients, **kw) -> PopulationLearner:
+    pop = PopulationLearner(nets, Clip(0.2), seeds=list(range(P)), anneal_lr=False, gradients=gradients, **kw)
+    assert pop.path == ("stacked" if gradients == "auto" else "reference"), pop.path_reason
+    return pop
 
 
 def reference_grads(net: ActorCritic, batch: Batch) -> dict[str, torch.Tensor]:
@@ -50,9 +58,9 @@ def reference_grads(net: ActorCritic, batch: Batch) -> dict[str, torch.Tensor]:
     return {n: p.grad for n, p in net.named_parameters()}
 
 
-def test_gradients_equal_each_members_own_autograd():
+def test_gradients_equal_each_members_own_autograd(gradients):
     nets = policies()
-    pop, batch = learner(nets), batches()
+    pop, batch = learner(nets, gradients), batches()
     grads, losses, stats = pop.gradients(batch)
     for k in range(P):
         ref = reference_grads(nets[k], member_batch(batch, k))
@@ -61,8 +69,8 @@ def test_gradients_equal_each_members_own_autograd():
     assert losses.shape == (P,) and stats["approx_kl"].shape == (P,)
 
 
-def test_member_gradient_independent_of_other_members_loss():
-    pop, batch = learner(policies()), batches()
+def test_member_gradient_independent_of_other_members_loss(gradients):
+    pop, batch = learner(policies(), gradients), batches()
     grads, _, _ = pop.gradients(batch)
     scaled = {n: v.clone() for n, v in batch.items()}
     scaled["advantages"][1] *= 10
@@ -76,9 +84,9 @@ def test_member_gradient_independent_of_other_members_loss():
         assert torch.isfinite(grads2[n][0]).all()
 
 
-def test_clipping_is_per_member():
+def test_clipping_is_per_member(gradients):
     nets = policies()
-    pop, batch = learner(nets, max_grad_norm=0.05), batches()
+    pop, batch = learner(nets, gradients, max_grad_norm=0.05), batches()
     batch["targets"][1] *= 1000  # member 1's gradient is huge: a shared norm would shrink the others' too
     grads, _, _ = pop.gradients(batch)
     norms = pop.clip(grads)
@@ -93,11 +101,11 @@ def test_clipping_is_per_member():
     assert norms[1] > 100 * norms[0]
 
 
-def test_adam_state_and_skips_per_member():
+def test_adam_state_and_skips_per_member(gradients):
     """Three steps; member 1 is inactive in the first: its Adam must be a fresh Adam at the second step (a shared
     step count or shared moments would differ), and the others must equal torch.optim.Adam on their own."""
     nets = policies()
-    pop = learner(nets, lr=1e-2, max_grad_norm=None)
+    pop = learner(nets, gradients, lr=1e-2, max_grad_norm=None)
     refs = [copy.deepcopy(n) for n in nets]
     opts = [torch.optim.Adam(r.parameters(), lr=1e-2, eps=1e-5, fused=True) for r in refs]
     for step, active in enumerate(([True, False, True], [True, True, True], [True, True, False])):
@@ -118,10 +126,10 @@ def test_adam_state_and_skips_per_member():
     assert [m.updates for m in pop.members] == [3, 2, 2]
 
 
-def test_nonfinite_member_stops_alone():
+def test_nonfinite_member_stops_alone(gradients):
     nets = policies()
-    pop = learner(nets)
-    clean = learner(copy.deepcopy(nets))
+    pop = learner(nets, gradients)
+    clean = learner(copy.deepcopy(nets), gradients)
     batch = batches()
     bad = {n: v.clone() for n, v in batch.items()}
     bad["obs"][1] = float("nan")
@@ -137,8 +145,8 @@ def test_nonfinite_member_stops_alone():
         assert torch.equal(v, dict(nets[1].named_parameters())[n].detach())
 
 
-def test_nonfinite_skip_mode_counts_per_member():
-    pop = learner(policies(), nonfinite="skip")
+def test_nonfinite_skip_mode_counts_per_member(gradients):
+    pop = learner(policies(), gradients, nonfinite="skip")
     bad = batches()
     bad["obs"][0] = float("inf")
     applied, _ = pop.step(bad, [True, True, True])
@@ -146,9 +154,9 @@ def test_nonfinite_skip_mode_counts_per_member():
     assert [m.skipped_updates for m in pop.members] == [1, 0, 0] and pop.trainable() == [True, True, True]
 
 
-def test_acting_uses_each_members_network():
+def test_acting_uses_each_members_network(gradients):
     nets = policies()
-    pop = learner(nets)
+    pop = learner(nets, gradients)
     obs = torch.randn(P, 5, OBS)
     torch.manual_seed(3)
     out = pop.act(obs)
@@ -160,12 +168,12 @@ def test_acting_uses_each_members_network():
 
 
 @pytest.mark.parametrize("kind", ["continuous"])
-def test_gaussian_head_log_std_is_per_member(kind):
+def test_gaussian_head_log_std_is_per_member(kind, gradients):
     nets = []
     for k in range(2):
         torch.manual_seed(k)
         nets.append(ActorCritic(OBS, (kind, 2), hidden=(8,), log_std_init=-1.0 + k))
-    pop = PopulationLearner(nets, Clip(0.2), seeds=[0, 1])
+    pop = PopulationLearner(nets, Clip(0.2), seeds=[0, 1], gradients=gradients)
     out = pop.act(torch.randn(2, 3, OBS))
     assert torch.allclose(out.dist_params[0, :, 2:], torch.tensor(-1.0))
     assert torch.allclose(out.dist_params[1, :, 2:], torch.tensor(0.0))

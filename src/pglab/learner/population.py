@@ -19,18 +19,38 @@ between members but the Python loop:
 Acting: the vmapped network gives every member's distribution parameters and values in one call; actions are then
 sampled from those parameters with the head's (parameter-free) ``sample``/``log_prob`` over the [P, N, ...] tensors
 at once, from the process's torch RNG — so a population of 1 draws exactly the numbers a single run draws.
+
+Storage: every member's parameters are row k of one flat tensor [P, D]; each stacked tensor [P, ...] is a view of
+it, and so is every parameter of the P member networks (``networks``: copies of the networks the run built, whose
+parameters are the population's — the networks the fast paths are gated on and checked against).
+
+The fast path (``learner.gradients=auto``, the default): when every member network is exactly the plain MLP
+(``pglab.accel.structure.mlp_layout``) and the surrogate declares a lean formula, acting and the update run
+``pglab.accel.population``'s stacked actor and stacked lean update (one batched matmul per layer for all members),
+checked at construction against the vmapped reference above on float64 copies of the members; Adam is then torch's
+fused Adam kernel called per member row (its own step count and learning rate). Otherwise — or with
+``learner.gradients=autograd`` — the vmapped reference runs; ``path`` and ``path_reason`` say which and why.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
+from pglab.accel.population import (
+    StackedActor,
+    StackedLean,
+    fast_unsupported,
+    stacked_adam_step,
+    stacked_layout,
+    verify_stacked,
+)
+from pglab.accel.verify import surrogate_for_reference
 from pglab.core.surrogates import Surrogate
 from pglab.core.types import ActOutput, Batch
 from pglab.learner.loss import LossSettings, minibatch_loss
@@ -57,8 +77,6 @@ def population_unsupported(surrogate: Surrogate, learner: dict) -> str | None:
         return "learner.compile=true: set it to false"
     if learner.get("lightning_optimizer"):
         return "learner.lightning_optimizer=true: set it to false"
-    if learner.get("gradients") == "lean":
-        return "learner.gradients=lean (the population differentiates the reference loss): set it to auto or autograd"
     return None
 
 
@@ -123,48 +141,70 @@ class MemberState:
     skipped_rollouts: int = 0
     failed: str | None = None  # why the member stopped (non-finite), None while it trains
     finished: bool = False  # reached its env-step budget
-    stats: dict[str, list[Tensor]] = field(default_factory=dict)
 
 
 class PopulationLearner:
     """P members built from P networks of identical structure (member k = ``policies[k]``, e.g. built with seed
-    ``seed + k``). The networks are not modified; their initial tensors are copied into stacked ones.
+    ``seed + k``). The networks passed in are not modified: their initial tensors are copied into the population's
+    flat storage, and ``networks`` holds copies whose parameters are views of it.
 
     Args mirror ``PolicyGradientModule``'s learner settings (``lr``, ``adam_eps``, ``anneal_lr``, ``total_env_steps``,
     ``vf_coef``, ``ent_coef``, ``value_clip``, ``normalize_advantages``, ``target_kl``, ``max_grad_norm``,
-    ``nonfinite``); ``seeds`` name the members in messages and outputs.
+    ``nonfinite``, ``gradients``: ``auto`` (the stacked fast path where it applies and agrees with the reference),
+    ``lean`` (the stacked fast path or a ValueError saying why not), ``autograd`` (the vmapped reference));
+    ``seeds`` name the members in messages and outputs.
     """
 
     def __init__(self, policies: list[nn.Module], surrogate: Surrogate, seeds: list[int], lr: float = 2.5e-4,
                  adam_eps: float = 1e-5, anneal_lr: bool = True, total_env_steps: int = 100_000,
                  vf_coef: float = 0.5, ent_coef: float = 0.0, value_clip: float | None = None,
                  normalize_advantages: bool = True, target_kl: float | None = None,
-                 max_grad_norm: float | None = 0.5, nonfinite: str = "stop", **ignored) -> None:
+                 max_grad_norm: float | None = 0.5, nonfinite: str = "stop", gradients: str = "auto",
+                 **ignored) -> None:
         if len(policies) != len(seeds) or not policies:
             raise ValueError(f"a population needs one seed per network, got {len(policies)} networks and "
                              f"{len(seeds)} seeds")
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"learner.nonfinite must be stop or skip, got {nonfinite!r}")
-        self.P = len(policies)
+        if gradients not in ("auto", "lean", "autograd"):
+            raise ValueError(f"learner.gradients must be auto, lean or autograd, got {gradients!r}")
+        self.P = P = len(policies)
         self.surrogate = surrogate
-        self.lr, self.anneal_lr, self.total_env_steps = lr, anneal_lr, int(total_env_steps)
+        self.lr, self.adam_eps, self.anneal_lr, self.total_env_steps = lr, adam_eps, anneal_lr, int(total_env_steps)
         self.target_kl, self.max_grad_norm, self.nonfinite = target_kl, max_grad_norm, nonfinite
         self.settings = LossSettings(vf_coef=vf_coef, ent_coef=ent_coef, value_clip=value_clip,
                                      normalize_advantages=normalize_advantages)
-        params, buffers = stack_module_state(policies)
-        # plain tensors (not leaves of a graph): torch.func differentiates them functionally
-        self.params = {k: v.detach() for k, v in params.items()}
-        self.buffers = {k: v.detach() for k, v in buffers.items()}
-        self.names = list(self.params)
+        # -- storage: member k's parameters are row k of one flat [P, D] tensor; params[name] [P, ...] are views
+        named = list(policies[0].named_parameters())
+        self.names = [n for n, _ in named]
+        for k, net in enumerate(policies[1:], 1):
+            if [(n, p.shape) for n, p in net.named_parameters()] != [(n, p.shape) for n, p in named]:
+                raise ValueError(f"member {k}'s network differs from member 0's in its parameters' names or shapes")
+        sizes = [p.numel() for _, p in named]
+        ref = named[0][1]
+        self.flat = torch.zeros(P, sum(sizes), dtype=ref.dtype, device=ref.device)
+        self.params: dict[str, Tensor] = {}
+        offset = 0
+        for (n, p), size in zip(named, sizes, strict=True):
+            self.params[n] = self.flat[:, offset: offset + size].view(P, *p.shape)
+            offset += size
+        with torch.no_grad():
+            for k, net in enumerate(policies):
+                for n, p in net.named_parameters():
+                    self.params[n][k].copy_(p)
+        self.buffers = {n: torch.stack([dict(net.named_buffers())[n].detach().clone() for net in policies])
+                        for n, _ in policies[0].named_buffers()}
+        # the member networks the fast paths are gated on: copies whose parameters are views of the flat storage
+        self.networks = [copy.deepcopy(net) for net in policies]
+        for k, net in enumerate(self.networks):
+            for n, p in net.named_parameters():
+                p.data = self.params[n][k]
         # the structure every member shares, on the meta device: functional_call swaps the tensors in
         base = copy.deepcopy(policies[0]).to("meta")
         self.base = base
         self.head = base.head
         self.members = [MemberState(seed=int(s)) for s in seeds]
-        # one Adam over every member's views: per-view state and step count = P independent Adams (see module doc)
-        self.views = [[self.params[n][k] for n in self.names] for k in range(self.P)]
-        self.optimizer = torch.optim.Adam([{"params": views} for views in self.views], lr=lr, eps=adam_eps,
-                                          fused=True)
+        self.lrs = [float(lr)] * P
         self._act = self._vmapped(_Act(base))
         self._value = self._vmapped(_Value(base))
         self._kl = self._vmapped(_KL(base))
@@ -175,6 +215,63 @@ class PopulationLearner:
             return loss, (loss.detach(), stats)
 
         self._grad = vmap(grad_and_value(member_loss, has_aux=True))
+        self._stat_rows: list[tuple[Tensor, Tensor]] = []
+        self.stat_keys: list[str] | None = None
+        self._actor: StackedActor | None = None
+
+        # -- which path: the stacked fast path where it applies and agrees with the reference, else the reference
+        self.path, self.path_reason, self.verify_seconds = "reference", None, 0.0
+        self.fast: StackedLean | None = None
+        if gradients == "autograd":
+            self.path_reason = "learner.gradients=autograd"
+        else:
+            reason = fast_unsupported(self.networks, surrogate)
+            if reason is None:
+                verdict = self._verify_fast()
+                reason, self.verify_seconds = verdict.problem, verdict.seconds
+            if reason is None:
+                self.layout = stacked_layout(self.networks)
+                self.fast = StackedLean(self.params, self.layout, surrogate, vf_coef=vf_coef, ent_coef=ent_coef,
+                                        value_clip=value_clip, normalize_advantages=normalize_advantages)
+                self.path = "stacked"
+            elif gradients == "lean":
+                raise ValueError(f"learner.gradients=lean: the population's stacked lean update does not cover this "
+                                 f"run ({reason}); set learner.gradients=auto or autograd")
+            self.path_reason = reason
+        if self.fast is not None:  # torch's fused Adam kernel per member row (see stacked_adam_step)
+            self.flat_grad = torch.zeros_like(self.flat)
+            self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
+            self.adam_steps = [torch.zeros((), dtype=torch.float32) for _ in range(P)]
+            self.optimizer = None
+        else:
+            # one Adam over every member's views: per-view state and step count = P independent Adams (module doc)
+            self.views = [[self.params[n][k] for n in self.names] for k in range(P)]
+            self.optimizer = torch.optim.Adam([{"params": views} for views in self.views], lr=lr, eps=adam_eps,
+                                              fused=True)
+
+    def _verify_fast(self):
+        """The stacked fast path against the vmapped reference on float64 copies of (up to 3) members."""
+        count = min(self.P, 3)
+        nets64 = [copy.deepcopy(self.networks[k]).to(torch.float64) for k in range(count)]
+        s = self.settings
+        reference = PopulationLearner(nets64, surrogate_for_reference(self.surrogate),
+                                      [m.seed for m in self.members[:count]], vf_coef=s.vf_coef,
+                                      ent_coef=s.ent_coef, value_clip=s.value_clip,
+                                      normalize_advantages=s.normalize_advantages, gradients="autograd")
+
+        def reference_act(obs):
+            return reference._act(reference.params, reference.buffers, obs)
+
+        return verify_stacked(nets64, reference.gradients, reference_act, surrogate_for_reference(self.surrogate),
+                              s, s.value_clip)
+
+    def describe(self) -> str:
+        """One line: which path acts and updates, and why when the fast path stepped aside."""
+        if self.path == "stacked":
+            return (f"collection: stacked actor; update: stacked lean (verified against the vmapped reference in "
+                    f"{1000 * self.verify_seconds:.0f} ms)")
+        return (f"collection and update: the vmapped reference network (torch.func; the stacked fast path steps "
+                f"aside: {self.path_reason})")
 
     # -- functional calls -----------------------------------------------------------------------------
     @staticmethod
@@ -191,11 +288,22 @@ class PopulationLearner:
         """Member k's parameters by the network's own names (a state_dict a single run's policy loads)."""
         return {n: self.params[n][k].clone() for n in self.names} | {n: b[k].clone() for n, b in self.buffers.items()}
 
+    def member_lr(self, k: int) -> float:
+        return self.lrs[k]
+
     # -- acting -------------------------------------------------------------------------------------
+    def _stacked_actor(self) -> StackedActor:
+        # a snapshot of the current weights, rebuilt after any change to them (an update, a roll-back)
+        if self._actor is None:
+            self._actor = StackedActor(self.params, self.layout)
+        return self._actor
+
     @torch.no_grad()
     def act(self, obs: Tensor) -> ActOutput:
         """obs [P, N, ...] → every member's actions, log-probabilities, values and distribution parameters
-        [P, N, ...]: one vmapped forward, then one draw for all members."""
+        [P, N, ...]: one vectorised forward, then one draw for all members."""
+        if self.fast is not None:
+            return self._stacked_actor().act(obs)
         dist_params, values = self._act(self.params, self.buffers, obs)
         actions = self.head.sample(dist_params)
         return ActOutput(actions, self.head.log_prob(dist_params, actions), values, dist_params)
@@ -203,6 +311,8 @@ class PopulationLearner:
     @torch.no_grad()
     def value(self, obs: Tensor) -> Tensor:
         """obs [P, N, ...] → V(s) [P, N]."""
+        if self.fast is not None:
+            return self._stacked_actor().value(obs)
         return self._value(self.params, self.buffers, obs)
 
     # -- the update ---------------------------------------------------------------------------------
@@ -213,16 +323,21 @@ class PopulationLearner:
 
     def start_rollout(self) -> None:
         """Before a rollout's updates: each member's LR from its own env steps; the parameters to roll back to."""
-        for k, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = self.lr * self.lr_fraction(k)
-        self._snapshot = {n: v.clone() for n, v in self.params.items()}
+        self.lrs = [self.lr * self.lr_fraction(k) for k in range(self.P)]
+        if self.optimizer is not None:
+            for k, group in enumerate(self.optimizer.param_groups):
+                group["lr"] = self.lrs[k]
+        self._snapshot = self.flat.clone()
 
     def trainable(self) -> list[bool]:
         return [m.failed is None and not m.finished for m in self.members]
 
     def gradients(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
-        """Every member's reference-loss gradient on its own minibatch (fields [P, B, ...]): (grads by name, each
+        """Every member's loss gradient on its own minibatch (fields [P, B, ...]): (grads by name, each
         [P, ...]; losses [P]; diagnostics by name, each [P]). Nothing is applied."""
+        if self.fast is not None:
+            grads, losses, diagnostics = self.fast(batch)
+            return grads, losses, self.fast.named(diagnostics)
         grads, (_, (losses, stats)) = self._grad(self.params, self.buffers, *(batch[f] for f in BATCH_FIELDS))
         return grads, losses, stats
 
@@ -237,48 +352,82 @@ class PopulationLearner:
                 g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
         return total
 
+    def _fast_gradients(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The stacked update's gradient written into ``flat_grad`` [P, D] and clipped per member (one norm per
+        row); (losses [P], norms before clipping [P], diagnostics [P, K])."""
+        grads, losses, diagnostics = self.fast(batch)
+        torch.cat([grads[n].reshape(self.P, -1) for n in self.names], dim=1, out=self.flat_grad)
+        norms = torch.linalg.vector_norm(self.flat_grad, dim=1)
+        if self.max_grad_norm is not None:
+            self.flat_grad.mul_((self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1))
+        return losses, norms, diagnostics
+
     def step(self, batch: dict[str, Tensor], active: list[bool]) -> tuple[list[bool], dict[str, Tensor]]:
         """One update of every ``active`` member on its minibatch. Returns the members whose update was applied and
         the diagnostics [P] by name. A member whose loss or gradient is non-finite is skipped (counted) or stopped
         (``failed`` set, with the message), per ``nonfinite``; the others are unaffected."""
-        grads, losses, stats = self.gradients(batch)
-        norms = self.clip(grads)
-        finite = (torch.isfinite(losses) & torch.isfinite(norms)).tolist()
+        if self.fast is not None:
+            losses, norms, diagnostics = self._fast_gradients(batch)
+            stats = self.fast.named(diagnostics)
+        else:
+            grads, losses, stats = self.gradients(batch)
+            norms = self.clip(grads)
+        loss_values, norm_values = torch.stack([losses.detach().to(norms.dtype), norms]).tolist()
         applied = []
         for k in range(self.P):
-            ok = active[k] and finite[k]
-            if active[k] and not finite[k]:
+            finite = math.isfinite(loss_values[k]) and math.isfinite(norm_values[k])
+            ok = active[k] and finite
+            if active[k] and not finite:
                 m = self.members[k]
-                what = "loss" if not math.isfinite(float(losses[k])) else "gradient"
+                what = "loss" if not math.isfinite(loss_values[k]) else "gradient"
                 if self.nonfinite == "skip":
                     m.skipped_updates += 1
                 else:
-                    m.failed = (f"member seed={m.seed}: non-finite {what} ({float(losses[k]):g} loss, "
-                                f"{float(norms[k]):g} gradient norm) at update {m.updates + 1} (env step "
+                    m.failed = (f"member seed={m.seed}: non-finite {what} ({loss_values[k]:g} loss, "
+                                f"{norm_values[k]:g} gradient norm) at update {m.updates + 1} (env step "
                                 f"{m.env_steps}); the update was not applied and this member stopped")
-            for view, n in zip(self.views[k], self.names, strict=True):
-                view.grad = grads[n][k] if ok else None  # None: Adam leaves this member's state untouched
             applied.append(ok)
-        if any(applied):
-            self.optimizer.step()
-        for k, ok in enumerate(applied):
-            if ok:
-                m = self.members[k]
-                m.updates += 1
-                for key, value in stats.items():
-                    m.stats.setdefault(key, []).append(value[k].detach())
+        rows = [k for k, ok in enumerate(applied) if ok]
+        if self.fast is not None:
+            if rows:
+                stacked_adam_step(rows, self.flat, self.flat_grad, self.exp_avg, self.exp_avg_sq, self.adam_steps,
+                                  self.lrs, betas=(0.9, 0.999), eps=self.adam_eps)
+                self._actor = None
+        else:
+            for k, ok in enumerate(applied):
+                for view, n in zip(self.views[k], self.names, strict=True):
+                    view.grad = grads[n][k] if ok else None  # None: Adam leaves this member's state untouched
+            if rows:
+                self.optimizer.step()
+        for k in rows:
+            self.members[k].updates += 1
+        if rows:
+            if self.stat_keys is None:
+                self.stat_keys = list(stats)
+            self._stat_rows.append((torch.stack([stats[key].detach() for key in self.stat_keys], 1),
+                                    torch.tensor(applied)))
         return applied, stats
+
+    def take_stats(self) -> list[dict[str, float]]:
+        """Each member's diagnostics averaged over its applied updates since the last call (by name; empty for a
+        member without one), then cleared."""
+        if not self._stat_rows:
+            return [{} for _ in range(self.P)]
+        values = torch.stack([v for v, _ in self._stat_rows]).double()  # [U, P, K]
+        applied = torch.stack([a for _, a in self._stat_rows])  # [U, P]
+        self._stat_rows = []
+        counts = applied.sum(0)
+        means = (torch.where(applied.unsqueeze(2), values, 0.0).sum(0) / counts.clamp_min(1).unsqueeze(1)).tolist()
+        return [dict(zip(self.stat_keys, means[k], strict=True)) if counts[k] else {} for k in range(self.P)]
 
     def check_parameters(self) -> None:
         """After a rollout's updates: a member with a non-finite parameter rolls back to the rollout's start and
         stops (the others keep theirs)."""
-        bad = torch.zeros(self.P, dtype=torch.bool)
-        for v in self.params.values():
-            bad |= ~torch.isfinite(v.reshape(self.P, -1)).all(1)
+        bad = ~torch.isfinite(self.flat).all(1)
         for k in torch.nonzero(bad).flatten().tolist():
             with torch.no_grad():
-                for n, v in self.params.items():
-                    v[k].copy_(self._snapshot[n][k])
+                self.flat[k].copy_(self._snapshot[k])
+            self._actor = None
             m = self.members[k]
             if m.failed is None:
                 m.failed = (f"member seed={m.seed}: non-finite parameters after the updates at env step "
@@ -287,5 +436,10 @@ class PopulationLearner:
     @torch.no_grad()
     def post_update_kl(self, flat: dict[str, Tensor]) -> Tensor:
         """E[KL(π_old ‖ π_θ)] per member over its rollout's real rows (flat fields [P, R, ...]). [P]"""
-        sums = self._kl(self.params, self.buffers, flat["obs"], flat["actions"], flat["dist_params_old"], flat["mask"])
+        if self.fast is not None:
+            params, _ = self._stacked_actor()._forward(flat["obs"])
+            sums = (self.head.kl(flat["dist_params_old"], params) * flat["mask"]).sum(1)
+        else:
+            sums = self._kl(self.params, self.buffers, flat["obs"], flat["actions"], flat["dist_params_old"],
+                            flat["mask"])
         return sums / flat["mask"].sum(1).clamp_min(1.0)

@@ -1,8 +1,11 @@
 """Collection and minibatches for a population of P members, each with envs, shuffles and statistics of its own.
 
-Member k's vector env is built exactly as a single run's (same wrappers, so observation/reward normalisation
-statistics are its own) and reset with its own seed; the envs of all members are stepped in lock-step so that all
-policies act in one vectorised call per step. Targets and advantages are computed per member, from its own rollout
+Envs. Where a member's envs keep statistics of their own (observation or reward normalisation), member k has a
+vector env of its own, built exactly as a single run's and reset with its own seed. Otherwise all members' envs
+are one vector env of P·N envs, member k's the k-th block of N (``merged_reset_seeds``): stepping a vector env
+costs about as much for 4 envs as for 64 (gymnasium's numpy CartPole: one set of array operations), so one call
+instead of P is most of a population's collection speed-up. All members' envs are stepped in lock-step so that
+all policies act in one vectorised call per step. Targets and advantages are computed per member, from its own rollout
 alone (a batch-wide baseline such as ``baseline=mean`` must not mix members). Minibatches are drawn per member with
 its own generator (seeded as a single run's ``OnPolicyDataModule`` is) and padded with masked rows to the largest
 member's size, so they stack into [P, B, ...]: the reference loss reads only rows with mask 1.
@@ -22,57 +25,118 @@ from pglab.rollout.advantages import compute_advantages, explained_variance
 from pglab.rollout.collectors import _Buffers, _finished_episodes, _spaces
 from pglab.rollout.minibatches import MinibatchSampler
 
-__all__ = ["PopulationCollector", "member_batches", "flat_member", "stack_padded", "MemberMinibatches"]
+__all__ = ["PopulationCollector", "member_batches", "flat_member", "stack_padded", "MemberMinibatches",
+           "merged_reset_seeds"]
 
 FLAT_FIELDS = ("obs", "actions", "logp_old", "values_old", "dist_params_old", "advantages", "targets")
 
 
+def merged_reset_seeds(envs: gym.vector.VectorEnv, seeds: list[int], n: int) -> int | list[int]:
+    """The ``reset(seed=...)`` of one vector env holding several members' blocks of ``n`` envs.
+
+    A sync/async vector env seeds each of its envs: member k's env i gets ``seeds[k] + i``, exactly what member
+    k's own run gives it. A native vector env (e.g. gymnasium's numpy CartPole) draws all its envs' states from one
+    generator, which takes one seed: ``seeds[0]`` — with one member that is the single run's seeding; with several,
+    the members' blocks are independent draws of one stream rather than each its own run's."""
+    if isinstance(envs.unwrapped, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)):
+        return [int(s) + i for s in seeds for i in range(n)]
+    return int(seeds[0])
+
+
 class PopulationCollector:
     """T steps × N envs for each of P members, stepped together (the segment collector's semantics per member:
-    episodes continue across collections, the step after a done is an autoreset row, one bootstrap value call)."""
+    episodes continue across collections, the step after a done is an autoreset row, one bootstrap value call).
 
-    def __init__(self, envs: list[gym.vector.VectorEnv], num_steps: int, param_dim: int, seeds: list[int]) -> None:
+    ``envs``: P vector envs of N envs each (member k's own: its own wrappers and normalisation statistics), or one
+    vector env of P·N envs whose block k (envs k·N … (k+1)·N − 1) is member k's (``merged_reset_seeds`` says how
+    it is seeded). One set of buffers [T, P·N] holds every member's columns in that order, so a step writes each field
+    once for all members and the policies read the observations as one [P, N, ...] tensor."""
+
+    def __init__(self, envs: list[gym.vector.VectorEnv], num_steps: int, param_dim: int, seeds: list[int],
+                 num_envs: int | None = None) -> None:
         if num_steps < 1:
             raise ValueError(f"collector.num_steps must be >= 1, got {num_steps}")
-        if len(envs) != len(seeds):
-            raise ValueError(f"one vector env per member: {len(envs)} envs for {len(seeds)} seeds")
+        P = len(seeds)
+        self.n = num_envs if num_envs is not None else envs[0].num_envs
+        if len(envs) not in (1, P) or sum(e.num_envs for e in envs) != P * self.n or \
+                any(e.num_envs % self.n for e in envs):
+            raise ValueError(f"{len(envs)} vector envs of {[e.num_envs for e in envs]} envs for {P} members of "
+                             f"{self.n} envs: give one vector env per member, or one of P·N envs")
         self.envs, self.num_steps, self.seeds = envs, num_steps, list(seeds)
         obs_shape, action_shape, action_dtype = _spaces(envs[0])
-        n = envs[0].num_envs
-        self.buffers = [_Buffers(num_steps, n, obs_shape, action_shape, action_dtype, param_dim) for _ in envs]
-        self.obs: list[np.ndarray] | None = None
-        self.prev_done = [np.zeros(n, dtype=bool) for _ in envs]
+        self.obs_shape = obs_shape
+        # (vector env, its first member, how many members it holds)
+        self.blocks, first = [], 0
+        for e in envs:
+            self.blocks.append((e, first, e.num_envs // self.n))
+            first += e.num_envs // self.n
+        self.buffers = _Buffers(num_steps, P * self.n, obs_shape, action_shape, action_dtype, param_dim)
+        self.obs: np.ndarray | None = None  # [P·N, ...]
+        self.prev_done = np.zeros(P * self.n, dtype=bool)
+
+    def _columns(self, k: int) -> slice:
+        return slice(k * self.n, (k + 1) * self.n)
+
+    def _reset(self) -> np.ndarray:
+        out = []
+        for e, first, count in self.blocks:
+            seed = self.seeds[first] if count == 1 else merged_reset_seeds(e, self.seeds[first: first + count], self.n)
+            out.append(np.asarray(e.reset(seed=seed)[0], dtype=np.float32))
+        return np.concatenate(out)
 
     def collect(self, act: Callable[[Tensor], ActOutput], value: Callable[[Tensor], Tensor]) -> list[Rollout]:
         """One rollout per member; ``act`` / ``value`` take the stacked observations [P, N, ...]."""
+        P, n, b = len(self.seeds), self.n, self.buffers
         if self.obs is None:
-            self.obs = [np.asarray(envs.reset(seed=seed)[0], dtype=np.float32)
-                        for envs, seed in zip(self.envs, self.seeds, strict=True)]
-        P, bufs = len(self.envs), self.buffers
+            self.obs = self._reset()
         returns: list[list] = [[] for _ in range(P)]
         lengths: list[list] = [[] for _ in range(P)]
+        blocks = [(e, first, count, slice(first * n, (first + count) * n)) for e, first, count in self.blocks]
         obs, prev_done = self.obs, self.prev_done
+        stacked_shape = (P, n, *self.obs_shape)
         for t in range(self.num_steps):
-            for k in range(P):
-                bufs[k].obs[t] = obs[k]
-            out = act(torch.from_numpy(np.stack([b.obs[t] for b in bufs])))
-            actions = out.actions.numpy()
-            for k, (b, envs) in enumerate(zip(bufs, self.envs, strict=True)):
-                b.write_policy(t, ActOutput(out.actions[k], out.logp[k], out.values[k], out.dist_params[k]))
-                obs[k], b.rewards[t], terminated, truncated, info = envs.step(actions[k])
-                done = terminated | truncated
-                b.terminated[t], b.done[t] = terminated, done
-                b.valid[t] = ~prev_done[k]
-                if done.any():
-                    _finished_episodes(info, returns[k], lengths[k])
-                prev_done[k] = done
-        self.obs = [np.asarray(o, dtype=np.float32) for o in obs]
-        last = value(torch.from_numpy(np.stack(self.obs)))
-        rollouts = []
-        for k, b in enumerate(bufs):
-            b.values[self.num_steps] = last[k]
-            rollouts.append(b.snapshot(self.num_steps, returns[k], lengths[k]))
-        return rollouts
+            b.obs[t] = obs
+            out = act(b.obs_tensor(t).view(stacked_shape))
+            b.write_policy(t, ActOutput(out.actions.flatten(0, 1), out.logp.flatten(0, 1), out.values.flatten(0, 1),
+                                        out.dist_params.flatten(0, 1)))
+            actions = out.actions.flatten(0, 1).numpy()
+            rewards, terminated, done = b.rewards[t], b.terminated[t], b.done[t]
+            next_obs = []
+            for e, first, count, cols in blocks:
+                o, rewards[cols], term, trunc, info = e.step(actions[cols])
+                next_obs.append(o)
+                terminated[cols] = term
+                done[cols] = term | trunc
+                if done[cols].any():
+                    if count == 1:
+                        _finished_episodes(info, returns[first], lengths[first])
+                    else:
+                        ended = info.get("_episode", done[cols])
+                        for j in range(count):
+                            mask = np.zeros_like(ended)
+                            mask[j * n: (j + 1) * n] = ended[j * n: (j + 1) * n]
+                            if mask.any():
+                                _finished_episodes(info, returns[first + j], lengths[first + j], mask)
+            b.valid[t] = ~prev_done
+            prev_done = done.copy()
+            obs = np.concatenate(next_obs, dtype=np.float32) if len(next_obs) > 1 else \
+                np.asarray(next_obs[0], dtype=np.float32)
+        self.obs, self.prev_done = obs, prev_done
+        last = value(torch.from_numpy(self.obs).view(stacked_shape))
+        b.values[self.num_steps] = last.flatten()
+        return [self._snapshot(k, returns[k], lengths[k]) for k in range(P)]
+
+    def _snapshot(self, k: int, returns: list, lengths: list) -> Rollout:
+        """Member k's columns of the buffers as a Rollout [T, N] of its own (copies)."""
+        b, T, cols = self.buffers, self.num_steps, self._columns(k)
+        return Rollout(
+            obs=torch.from_numpy(b.obs[:, cols].copy()), actions=b.actions[:, cols].clone(),
+            logp=b.logp[:, cols].clone(), values=b.values[:T, cols].clone(),
+            next_values=b.values[1: T + 1, cols].clone(), rewards=torch.from_numpy(b.rewards[:, cols].copy()),
+            terminated=torch.from_numpy(b.terminated[:, cols].copy()), done=torch.from_numpy(b.done[:, cols].copy()),
+            valid=torch.from_numpy(b.valid[:, cols].copy()), dist_params=b.dist_params[:, cols].clone(),
+            episode_returns=np.concatenate(returns) if returns else np.zeros(0),
+            episode_lengths=np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
 
 
 def flat_member(rollout: Rollout, estimator: Callable, baseline: Callable) -> tuple[dict[str, Tensor], dict]:

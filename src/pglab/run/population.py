@@ -2,10 +2,13 @@
 
 Member k has seed ``seed + k`` (or the k-th listed seed); its envs, initial weights, minibatch shuffles, Adam state,
 learning-rate schedule, target-KL early stop and non-finite guard are its own (``pglab.learner.population``,
-``pglab.rollout.population``). Each member writes ``<run>/member-<k>/`` as a single run with that seed would:
-``csv/metrics.csv`` (x-axis ``env_steps``), ``.hydra/config.yaml`` (its own seed, ``population: 1``: the command that
-reproduces it alone) and ``checkpoints/last.ckpt`` (read by ``pglab.tools.evaluate``), so ``pglab.tools.plot`` counts
-members as seeds.
+``pglab.rollout.population``). The plain MLP acts and updates through the stacked fast path
+(``pglab.accel.population``, checked against the vmapped reference at start-up); any other network, or
+``learner.gradients=autograd``, runs the vmapped reference; the first line says which.
+
+Each member writes ``<run>/member-<k>/`` as a single run with that seed would: ``csv/metrics.csv`` (x-axis
+``env_steps``), ``.hydra/config.yaml`` (its own seed, ``population: 1``: the command that reproduces it alone) and
+``checkpoints/last.ckpt`` (read by ``pglab.tools.evaluate``), so ``pglab.tools.plot`` counts members as seeds.
 
 Not covered (refused at start-up or said at start-up): DDP (one process trains the whole population), resume,
 the episode collector, surrogates with state or a reference policy, eval callbacks, W&B per member.
@@ -88,7 +91,8 @@ class Population:
                  estimator, baseline, out: Path) -> None:
         self.cfg, self.seeds, self.envs, self.learner = cfg, seeds, envs, learner
         self.estimator, self.baseline = estimator, baseline
-        self.collector = PopulationCollector(envs, int(cfg.collector.num_steps), learner.head.param_dim, seeds)
+        self.collector = PopulationCollector(envs, int(cfg.collector.num_steps), learner.head.param_dim, seeds,
+                                             num_envs=int(cfg.env.num_envs))
         self.minibatches = MemberMinibatches(seeds, int(cfg.learner.epochs), int(cfg.learner.num_minibatches))
         self.out = out
         self.member_dirs = [out / f"member-{k}" for k in range(len(seeds))]
@@ -130,7 +134,8 @@ class Population:
         state = {f"policy.{n}": v for n, v in self.learner.member_parameters(k).items()}
         state["env_steps"] = torch.tensor(self.learner.members[k].env_steps)
         normalization = {}
-        obs_norm = find_wrapper(self.envs[k], vw.NormalizeObservation)
+        # a member with statistics of its own has a vector env of its own (merged envs have none)
+        obs_norm = find_wrapper(self.envs[k], vw.NormalizeObservation) if len(self.envs) == len(self.seeds) else None
         if obs_norm is not None:
             normalization["obs_rms"] = rms_state(obs_norm.obs_rms)
         ckpt = {"state_dict": state, "OnPolicyDataModule": normalization,
@@ -174,18 +179,21 @@ class Population:
         stop = [not t or learner.members[k].failed is not None for k, t in enumerate(learner.trainable())]
         target_kl = learner.target_kl
         for index, mask in self.minibatches.draw([f["obs"].shape[0] for f in flats]):
-            active = [not stop[k] and bool(mask[k].any()) and learner.members[k].failed is None for k in range(P)]
+            has_rows = mask.any(1).tolist()
+            active = [not stop[k] and has_rows[k] and learner.members[k].failed is None for k in range(P)]
             if not any(active):
                 continue
             if _stop_signal() is not None:
                 break
             applied, stats = learner.step(member_batches(stacked, index, mask), active)
             if target_kl is not None and "approx_kl" in stats:
+                kls = stats["approx_kl"].tolist()
                 for k in range(P):
-                    if applied[k] and float(stats["approx_kl"][k]) > target_kl:
+                    if applied[k] and kls[k] > target_kl:
                         stop[k] = True  # this update happened (as in CleanRL); the rest of the rollout's do not
         learner.check_parameters()
-        kl = learner.post_update_kl(stacked)
+        kl = learner.post_update_kl(stacked).tolist()
+        member_stats = learner.take_stats()
         elapsed = time.perf_counter() - start
         rows = []
         for k in range(P):
@@ -193,10 +201,9 @@ class Population:
             if not trainable[k]:
                 rows.append({})
                 continue
-            metrics = {f"train/{key}": float(torch.stack(v).float().mean()) for key, v in m.stats.items()}
-            m.stats.clear()
+            metrics = {f"train/{key}": value for key, value in member_stats[k].items()}
             if m.updates > 0 and flats[k]["obs"].shape[0] > 0:
-                metrics["train/kl_post_update"] = float(kl[k])
+                metrics["train/kl_post_update"] = kl[k]
             metrics["train/skipped_updates"] = float(m.skipped_updates)
             metrics["train/skipped_rollouts"] = float(m.skipped_rollouts)
             r = rollouts[k]
@@ -205,7 +212,7 @@ class Population:
                 metrics["rollout/episode_length"] = float(r.episode_lengths.mean())
                 self.returns20[k] = (self.returns20[k] + [float(x) for x in r.episode_returns])[-20:]
             metrics.update(rollout_metrics[k])
-            metrics["train/lr"] = float(learner.optimizer.param_groups[k]["lr"])
+            metrics["train/lr"] = learner.member_lr(k)
             metrics["env_steps"] = float(m.env_steps)
             metrics["perf/sps"] = flats[k]["obs"].shape[0] / elapsed if elapsed > 0 else float("nan")
             if len(self.returns20[k]) >= 20:
@@ -234,6 +241,14 @@ def _stop_signal() -> int | None:
     return _SignalState.signum
 
 
+def merges_envs(env_cfg: EnvConfig) -> bool:
+    """Whether all members' envs are one vector env of P·N envs (``pglab.rollout.population``): when no wrapper
+    keeps statistics a member must own (observation or reward normalisation) and the envs are gymnasium's sync or
+    native vector envs (async: one process per env either way; envpool and video: as a single run builds them)."""
+    return (not env_cfg.normalize_obs and not env_cfg.normalize_reward and env_cfg.record_video_dir is None
+            and env_cfg.vectorization in ("auto", "native", "sync"))
+
+
 def build_population(cfg: DictConfig, out: Path | None = None) -> Population:
     """Validate, then build each member exactly as a single run with its seed builds itself (its seed set, its
     envs, its network), and stack them."""
@@ -250,10 +265,12 @@ def build_population(cfg: DictConfig, out: Path | None = None) -> Population:
     env_cfg = EnvConfig(**OmegaConf.to_container(cfg.env, resolve=True))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     envs, policies, rng_after_first = [], [], None
+    merged = merges_envs(env_cfg)
     try:
         for k, seed in enumerate(seeds):
             L.seed_everything(seed, workers=True, verbose=False)
-            envs.append(make_vector_env(env_cfg))
+            if not merged or k == 0:
+                envs.append(make_vector_env(env_cfg, num_envs=env_cfg.num_envs * (len(seeds) if merged else 1)))
             if k == 0:
                 check_env_api(env_cfg)
             policies.append(build_policy(model_cfg, envs[-1].single_observation_space, envs[-1].single_action_space))
@@ -265,7 +282,11 @@ def build_population(cfg: DictConfig, out: Path | None = None) -> Population:
     # what the single run with its seed draws
     torch.set_rng_state(rng_after_first)
     learner_cfg = OmegaConf.to_container(cfg.learner, resolve=True)
-    learner = PopulationLearner(policies, surrogate, seeds, total_env_steps=int(cfg.total_env_steps), **learner_cfg)
+    try:
+        learner = PopulationLearner(policies, surrogate, seeds, total_env_steps=int(cfg.total_env_steps),
+                                    **learner_cfg)
+    except ValueError as err:
+        raise ConfigError(f"this configuration cannot run:\n  - {err}") from err
     return Population(cfg, seeds, envs, learner, estimator, baseline,
                       out if out is not None else Path(cfg.paths.output_dir))
 
@@ -276,7 +297,7 @@ def run_population(cfg: DictConfig) -> tuple[dict[str, float], int]:
     pop = build_population(cfg)
     P = len(pop.seeds)
     network = type(pop.learner.base).__name__
-    print(f"pglab: population of {P} (seeds {pop.seeds}), vectorised with torch.func over {network}; "
+    print(f"pglab: population of {P} (seeds {pop.seeds}) of {network}; {pop.learner.describe()}; "
           f"outputs in {pop.out}/member-<k>/ (CSV and checkpoints per member; eval callbacks and "
           "W&B are not run for populations)", flush=True)
     pop.open_outputs()

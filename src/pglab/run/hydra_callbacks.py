@@ -1,5 +1,5 @@
 """Hydra callbacks: a multirun ends with a summary that names every failed job and its error; a run never starts
-in a folder that holds another run."""
+in a folder that holds another run, nor a multirun in a folder that holds another sweep."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "started_as_other_rank", "mark_failed", "FAILED_MARKER"]
+__all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "earlier_sweep", "started_as_other_rank", "mark_failed",
+           "FAILED_MARKER"]
 
 FAILED_MARKER = "FAILED"
+_OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # what a pglab run leaves in its folder once it has results: checkpoints, each logger's files (a run refused at
 # start-up leaves only .hydra/, worth nothing: a corrected command may reuse its folder)
 RUN_MARKERS = ("checkpoints", "csv", "tensorboard", "wandb", "resumed_from.json")
@@ -58,7 +60,20 @@ class RunFolderGuard(Callback):
     """Refuses (exit 2, before Hydra writes ``.hydra/`` into it) a single run whose output folder holds another run.
 
     Hydra creates the folder and overwrites ``.hydra/config.yaml`` when the job starts, so the check runs at
-    ``on_run_start``, the last moment the old run is intact. A multirun's jobs get their own numbered folders."""
+    ``on_run_start``, the last moment the old run is intact. A multirun's jobs get their own numbered folders
+    inside its sweep folder; a sweep folder that holds an earlier sweep's jobs is refused at ``on_multirun_start``,
+    before any job runs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if started_as_other_rank():
+            return
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)
+        problem = earlier_sweep(OmegaConf.select(config, "hydra.sweep.dir"))
+        if problem:
+            print(f"pglab: refusing to start: {problem}", file=sys.stderr)
+            sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if started_as_other_rank():
@@ -72,6 +87,22 @@ class RunFolderGuard(Callback):
         if problem:
             print(f"pglab: refusing to start: {problem}", file=sys.stderr)
             sys.exit(2)
+
+
+def earlier_sweep(sweep_dir: str | Path) -> str | None:
+    """Why a multirun may not write into ``sweep_dir`` (None when it may): it holds an earlier sweep's jobs."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return None
+    jobs = sorted(p.parent.parent.name for p in sweep_dir.glob("*/.hydra/overrides.yaml"))
+    if not jobs and not (sweep_dir / "multirun.yaml").exists():
+        return None
+    shown = ", ".join(jobs[:4]) + (", ..." if len(jobs) > 4 else "")
+    listed = f": {shown}" if jobs else ""
+    return (f"hydra.sweep.dir={sweep_dir} holds an earlier sweep ({len(jobs)} job folder(s){listed}), and a new sweep"
+            " there would write its jobs 0, 1, ... over that sweep's and mix both in its summary: "
+            "leave out hydra.sweep.dir (each launch gets a new folder) or choose one that does not exist yet (an "
+            "Optuna study with a storage continues from its storage, in any folder)")
 
 
 class JobSummary(Callback):
@@ -89,6 +120,12 @@ class JobSummary(Callback):
                   "machine's PATH: launch from a SLURM login node, or use hydra/launcher=joblib (parallel jobs on "
                   "this machine) or the default launcher", file=sys.stderr)
             sys.exit(2)
+        if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == _OPTUNA_PLUGIN:
+            # a sweep whose trials all fail ends with this summary, not Optuna's "no best trial" traceback (Hydra
+            # instantiates the sweeper right after this callback)
+            from pglab.run.sweepers import patch_optuna_sweeper
+
+            patch_optuna_sweeper()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -113,7 +150,10 @@ class JobSummary(Callback):
             lines = [line for line in (job / FAILED_MARKER).read_text().strip().splitlines() if line.strip()]
             # the error, not a traceback's header: a bare traceback ends with the exception's own line
             first_line = (lines[-1] if lines[0].startswith("Traceback (") else lines[0]) if lines else "(no message)"
+            if first_line.endswith(":") and first_line == lines[0] and len(lines) > 1:
+                first_line += " " + lines[1].strip()  # "this configuration cannot run:" and its first reason
             print(f"pglab: job FAILED: {job.name}\n       {first_line}\n       (details: {job / FAILED_MARKER})",
                   file=sys.stderr)
-        if failed:
-            sys.exit(1)  # a sweep with failed jobs is not a success, whatever the launcher
+        no_trial = "pglab.run.sweepers" in sys.modules and sys.modules["pglab.run.sweepers"].no_completed_trial()
+        if failed or no_trial:
+            sys.exit(1)  # a sweep with failed jobs (or an Optuna study without a result) is not a success

@@ -5,6 +5,15 @@ unreachable server is found in ``WANDB_PROBE_TIMEOUT`` seconds (a TCP connect) a
 one-line notice. ``wandb`` is imported lazily (it costs ~1 s of start-up) and only when the W&B logger is
 configured. The CSV logger appends to an existing ``metrics.csv`` (a run resumed into its own folder), where
 Lightning's deletes it.
+
+A run resumed from a checkpoint logs again the env steps its first run logged after that checkpoint (a run killed
+between two checkpoints). The CSV is truncated to the checkpoint's step (``pglab.run.checkpoints.truncate_csv``);
+TensorBoard is given ``purge_step`` = the checkpoint's env steps + 1, so TensorBoard (and its ``EventAccumulator``)
+hides the old events from that step on — the event files keep them, a reader that ignores TensorBoard's purge marker
+sees both. W&B is not truncated: its "rewind" (``wandb.init(resume_from="<id>?_step=N")``) is a server-side
+operation keyed on W&B's own ``_step`` counter (pglab's rows are keyed on ``env_steps``, and ``_step`` is not stored
+in the checkpoint), so a resumed run that continues a W&B run prints a notice that those rows remain
+(``wandb_resume_notice``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 __all__ = ["wandb_logger", "with_env_steps", "resolve_wandb_mode", "finish_wandb", "sync_hint", "CSVLogger",
-           "wandb_reachable"]
+           "wandb_reachable", "resume_kwargs", "wandb_resume_notice"]
 
 WANDB_PROBE_TIMEOUT = 3.0  # seconds: how long an online run may wait to learn the server is unreachable
 WANDB_INIT_TIMEOUT = 30.0  # seconds: wandb.init's own limit once the server answered (its default is 90)
@@ -74,6 +83,34 @@ def with_env_steps(metrics: dict, step: int | None) -> dict:
     if step is None or "env_steps" in metrics:
         return metrics
     return {**metrics, "env_steps": float(step)}
+
+
+def resume_kwargs(logger_cfg, wandb_id: str | None, resume_steps: int | None) -> dict:
+    """Extra constructor arguments for one configured logger (``logger.<name>``) of a run resumed at
+    ``resume_steps`` env steps (None: not resumed).
+
+    W&B: ``id`` = the checkpoint's W&B run, which the resumed run continues. TensorBoard: ``purge_step`` = the
+    checkpoint's env steps + 1. The checkpoint holds every row logged at steps <= its env steps (the loggers are
+    flushed before it is written); a run killed later logged more, which this run logs again. SummaryWriter writes a
+    session-start marker at ``purge_step``, and TensorBoard then drops the earlier files' events at that step and
+    after, so each step appears once."""
+    target = str(logger_cfg.get("_target_", ""))
+    if target.endswith("wandb_logger"):
+        return {"id": wandb_id} if wandb_id else {}
+    if resume_steps is not None and target.endswith("TensorBoardLogger") and "purge_step" not in logger_cfg:
+        return {"purge_step": int(resume_steps) + 1}
+    return {}
+
+
+def wandb_resume_notice(logger_cfgs, wandb_id: str | None, resume_steps: int) -> str | None:
+    """The one-line notice a resumed run prints when it continues a W&B run (None when it does not): the rows the
+    first run logged after the checkpoint stay in W&B's history, beside this run's rows for the same env steps."""
+    if not wandb_id or not any(str(c.get("_target_", "")).endswith("wandb_logger") and c.get("mode") != "disabled"
+                               for c in logger_cfgs):
+        return None
+    return (f"pglab: continuing W&B run {wandb_id} at {resume_steps} env steps; W&B keeps any rows the first run "
+            f"logged after that step (pglab cannot truncate a W&B run's history): on W&B, rows with env_steps > "
+            f"{resume_steps} logged before this resume are the stale ones")
 
 
 def _has_credentials() -> bool:

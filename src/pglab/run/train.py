@@ -46,8 +46,9 @@ from pglab.run.checkpoints import (
     truncate_csv,
 )
 from pglab.run.checks import ConfigError, check_combination, check_types
+from pglab.run.distributed import RankFailureWatch, failed_rank_note
 from pglab.run.hydra_callbacks import mark_failed, started_as_other_rank
-from pglab.run.loggers import finish_wandb, sync_hint
+from pglab.run.loggers import finish_wandb, resume_kwargs, sync_hint, wandb_resume_notice
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -174,8 +175,9 @@ def plain_partial(component):
     return component
 
 
-def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
-    """Everything ``fit`` needs, validated before any environment steps."""
+def build(cfg: DictConfig, wandb_id: str | None = None, resume_steps: int | None = None) -> Built:
+    """Everything ``fit`` needs, validated before any environment steps (``resume_steps``: the env steps of the
+    checkpoint a resumed run starts from; the loggers continue from there)."""
     check_types(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(int(cfg.torch_threads))
@@ -226,13 +228,13 @@ def build(cfg: DictConfig, wandb_id: str | None = None) -> Built:
 
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
-        is_wandb = str(logger_cfg.get("_target_", "")).endswith("wandb_logger")
         try:
-            logger = instantiate(logger_cfg, **({"id": wandb_id} if is_wandb and wandb_id else {}))
+            logger = instantiate(logger_cfg, **resume_kwargs(logger_cfg, wandb_id, resume_steps))
         except InstantiationException as err:  # e.g. logger=tensorboard without its package
             raise ConfigError(f"this configuration cannot run:\n  - logger: {err.__cause__ or err}") from err
         loggers.append(logger)
-    callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20), GracefulStop()]
+    callbacks: list[L.Callback] = [EnvStepBudget(cfg.total_env_steps), SolveTracker(window=20), GracefulStop(),
+                                   RankFailureWatch(functools.partial(_resume_note, cfg))]  # DDP: one rank fails
     out = Path(cfg.paths.output_dir)
     if cfg.eval.enabled:
         video_dir = str(out / "videos") if cfg.eval.video else None
@@ -314,7 +316,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         cfg, ckpt = prepare_resume(cfg)
         out = Path(cfg.paths.output_dir)
         announce(cfg, out)  # before W&B, envs and network: what runs and where it writes
-        wandb_id, ckpt_choices, ckpt_world = None, None, None
+        wandb_id, ckpt_choices, ckpt_world, resume_steps = None, None, None, None
         if ckpt is not None:
             ckpt_world = len(ckpt["pglab"].get("rng_per_rank") or [None])
             ckpt_choices = {k: v for k, v in (ckpt["pglab"].get("choices") or {}).items()
@@ -345,8 +347,12 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                     + "\n")
                 print(f"pglab: resuming {cfg.ckpt_path} at {steps} env steps with its own algorithm, env and model "
                       f"({ckpt['pglab']['config']['env']['id']}); outputs in {out}")
+                notice = wandb_resume_notice((cfg.get("logger") or {}).values(), wandb_id, steps)
+                if notice:
+                    print(notice, file=sys.stderr)
+            resume_steps = steps
             del ckpt
-        r = build(cfg, wandb_id=wandb_id)
+        r = build(cfg, wandb_id=wandb_id, resume_steps=resume_steps)
         if _SignalState.signum is not None:  # stopped while the envs were being built: nothing trained, nothing lost
             name = signal.Signals(_SignalState.signum).name
             print(f"pglab: stopped by {name} before training started; nothing to save"
@@ -417,6 +423,14 @@ def _kept_checkpoint(cfg: DictConfig, finite_only: bool = False) -> str | None:
     return f"{last} ({int(ckpt['state_dict'].get('env_steps', 0))} env steps)"
 
 
+def _resume_note(cfg: DictConfig) -> str:
+    """What a failed run leaves to resume from: the kept ``last.ckpt`` and the command, or that there is none."""
+    kept = _kept_checkpoint(cfg)
+    out = Path(cfg.paths.output_dir)
+    return (f"the last checkpoint is kept: {kept}; resume: {resume_command(out / 'checkpoints' / 'last.ckpt', out)}"
+            if kept else "no checkpoint was written before it (checkpoint.every_n_epochs sets how often)")
+
+
 def _fail(cfg: DictConfig, message: str, detail: str, code: int) -> None:
     """Report a failed run: one line (or a refusal) on stderr; under multirun a FAILED file and the sweep goes on."""
     print(f"pglab: {message}", file=sys.stderr)
@@ -441,12 +455,8 @@ def main(cfg: DictConfig) -> float | None:
         detail = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             traceback.print_exc()  # the failing code's own traceback (often the env's), then what it means
-            kept = _kept_checkpoint(cfg)
-            out = Path(cfg.paths.output_dir)
-            saved = (f"the last checkpoint is kept: {kept}; resume: "
-                     f"{resume_command(out / 'checkpoints' / 'last.ckpt', out)}") if kept else \
-                "no checkpoint was written before it (checkpoint.every_n_epochs sets how often)"
-            return _fail(cfg, f"the run failed: {type(err).__name__}: {err}; {saved}", detail, 1)
+            return _fail(cfg, f"the run failed{failed_rank_note()}: {type(err).__name__}: {err}; {_resume_note(cfg)}",
+                         detail, 1)
         return _fail(cfg, f"job failed: {type(err).__name__}: {err}", detail, 1)
     if code:
         sys.exit(code)

@@ -222,3 +222,28 @@ def test_first_line_says_which_path(make_cfg, tmp_path, capsys):
                            output_dir=tmp_path / "b"))
     out = capsys.readouterr().out
     assert code == 0 and "the stacked fast path steps aside: member 0's network: policy_trunk.1 is a ELU" in out
+
+
+def test_members_advantages_computed_together_only_where_columnwise(make_cfg, tmp_path):
+    """GAE with the value baseline treats columns independently: all members' targets and advantages come from one
+    call, equal to each member's own call; the mean baseline mixes columns: computed per member."""
+    import functools
+
+    from pglab.core.baselines import mean_baseline, value_baseline
+    from pglab.core.estimators import gae
+    from pglab.rollout.advantages import compute_advantages
+    from pglab.rollout.population import columnwise
+
+    assert columnwise(functools.partial(gae, gamma=0.9, lam=0.8), value_baseline) is None
+    assert "depend on other columns" in columnwise(functools.partial(gae, gamma=0.9, lam=0.8), mean_baseline)
+    pop = build_population(make_cfg("population=3", *FAST, "collector.num_steps=48"))
+    assert pop.columnwise_reason is None
+    rollouts = pop.collector.collect(pop.learner.act, pop.learner.value)
+    targets, advantages = compute_advantages(pop.collector.merged(), pop.estimator, pop.baseline)
+    for k, r in enumerate(rollouts):
+        own = compute_advantages(r, pop.estimator, pop.baseline)
+        cols = slice(k * pop.collector.n, (k + 1) * pop.collector.n)
+        torch.testing.assert_close(targets[:, cols], own[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(advantages[:, cols], own[1], rtol=1e-6, atol=1e-6)
+    pop.close()
+    assert build_population(make_cfg("population=2", *FAST, "baseline=mean")).columnwise_reason is not None

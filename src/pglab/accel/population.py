@@ -42,7 +42,7 @@ from pglab.core.types import ActOutput
 __all__ = ["StackedLayout", "stacked_layout", "StackedActor", "StackedLean", "fast_unsupported", "verify_stacked",
            "stacked_adam_step"]
 
-_ACTIVATION = {"tanh": torch.tanh, "relu": torch.relu}
+_ACTIVATION = {"tanh": torch.tanh_, "relu": torch.relu_}  # in place, on the fresh output of a baddbmm
 _ACTIVATION_BACKWARD = {"tanh": torch.ops.aten.tanh_backward,
                         "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)}
 

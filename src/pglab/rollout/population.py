@@ -26,7 +26,7 @@ from pglab.rollout.collectors import _Buffers, _finished_episodes, _spaces
 from pglab.rollout.minibatches import MinibatchSampler
 
 __all__ = ["PopulationCollector", "member_batches", "flat_member", "stack_padded", "MemberMinibatches",
-           "merged_reset_seeds"]
+           "merged_reset_seeds", "columnwise"]
 
 FLAT_FIELDS = ("obs", "actions", "logp_old", "values_old", "dist_params_old", "advantages", "targets")
 
@@ -110,13 +110,11 @@ class PopulationCollector:
                 if done[cols].any():
                     if count == 1:
                         _finished_episodes(info, returns[first], lengths[first])
-                    else:
-                        ended = info.get("_episode", done[cols])
-                        for j in range(count):
-                            mask = np.zeros_like(ended)
-                            mask[j * n: (j + 1) * n] = ended[j * n: (j + 1) * n]
-                            if mask.any():
-                                _finished_episodes(info, returns[first + j], lengths[first + j], mask)
+                    elif "episode" in info:  # RecordEpisodeStatistics over all blocks: each ended env's member
+                        episode = info["episode"]
+                        for i in np.flatnonzero(info.get("_episode", done[cols])).tolist():
+                            returns[first + i // n].append(np.asarray(episode["r"][i: i + 1], dtype=np.float64))
+                            lengths[first + i // n].append(np.asarray(episode["l"][i: i + 1], dtype=np.int64))
             b.valid[t] = ~prev_done
             prev_done = done.copy()
             obs = np.concatenate(next_obs, dtype=np.float32) if len(next_obs) > 1 else \
@@ -125,6 +123,16 @@ class PopulationCollector:
         last = value(torch.from_numpy(self.obs).view(stacked_shape))
         b.values[self.num_steps] = last.flatten()
         return [self._snapshot(k, returns[k], lengths[k]) for k in range(P)]
+
+    def merged(self) -> Rollout:
+        """The last collection of all members as one Rollout [T, P·N] (views of the buffers: valid until the next
+        collection; no episode statistics)."""
+        b, T = self.buffers, self.num_steps
+        return Rollout(obs=torch.from_numpy(b.obs), actions=b.actions, logp=b.logp, values=b.values[:T],
+                       next_values=b.values[1: T + 1], rewards=torch.from_numpy(b.rewards),
+                       terminated=torch.from_numpy(b.terminated), done=torch.from_numpy(b.done),
+                       valid=torch.from_numpy(b.valid), dist_params=b.dist_params, episode_returns=np.zeros(0),
+                       episode_lengths=np.zeros(0, dtype=np.int64))
 
     def _snapshot(self, k: int, returns: list, lengths: list) -> Rollout:
         """Member k's columns of the buffers as a Rollout [T, N] of its own (copies)."""
@@ -139,11 +147,16 @@ class PopulationCollector:
             episode_lengths=np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
 
 
-def flat_member(rollout: Rollout, estimator: Callable, baseline: Callable) -> tuple[dict[str, Tensor], dict]:
+def flat_member(rollout: Rollout, estimator: Callable, baseline: Callable,
+                precomputed: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], dict]:
     """One member's rollout → its flat real rows (the single run's ``_flatten`` for segments) and its rollout
-    metrics (the DataModule's names)."""
-    with torch.inference_mode():
-        targets, advantages = compute_advantages(rollout, estimator, baseline)
+    metrics (the DataModule's names). ``precomputed``: its (targets, advantages) [T, N], already computed with the
+    other members' (``columnwise``)."""
+    if precomputed is not None:
+        targets, advantages = precomputed
+    else:
+        with torch.inference_mode():
+            targets, advantages = compute_advantages(rollout, estimator, baseline)
     valid = rollout.valid
     fields = (rollout.obs, rollout.actions, rollout.logp, rollout.values, rollout.dist_params, advantages, targets)
     flat = {name: x[valid].clone() for name, x in zip(FLAT_FIELDS, fields, strict=True)}
@@ -153,6 +166,42 @@ def flat_member(rollout: Rollout, estimator: Callable, baseline: Callable) -> tu
                    "rollout/advantage_mean": float(advantages[valid].mean()),
                    "rollout/advantage_std": float(advantages[valid].std()) if valid.sum() > 1 else 0.0}
     return flat, metrics
+
+
+def columnwise(estimator: Callable, baseline: Callable, n: int = 3, steps: int = 12) -> str | None:
+    """Why the estimator and baseline cannot run once over all members' columns (None: they can). Checked, not
+    assumed: targets and advantages of a random rollout of two blocks of ``n`` columns (episode ends, terminations,
+    autoreset rows) computed at once must equal those computed block by block — true of every column-wise
+    estimator (GAE, n-step, returns) and of the value baseline, false of a batch-wide one (``baseline=mean``)."""
+    g = torch.Generator().manual_seed(0)
+    T, N = steps, 2 * n
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    done = torch.rand(T, N, generator=g) < 0.25
+    terminated = done & (torch.rand(T, N, generator=g) < 0.5)
+    valid = torch.ones(T, N, dtype=torch.bool)
+    valid[1:] = ~done[:-1]
+    values = rand(T + 1, N)
+    whole = Rollout(obs=torch.zeros(T, N, 1), actions=torch.zeros(T, N), logp=torch.zeros(T, N),
+                    values=values[:T], next_values=values[1:], rewards=rand(T, N), terminated=terminated, done=done,
+                    valid=valid, dist_params=torch.zeros(T, N, 1), episode_returns=np.zeros(0),
+                    episode_lengths=np.zeros(0, dtype=np.int64))
+    try:
+        with torch.inference_mode():
+            together = compute_advantages(whole, estimator, baseline)
+            for cols in (slice(0, n), slice(n, N)):
+                part = Rollout(**{f: (getattr(whole, f)[:, cols] if torch.is_tensor(getattr(whole, f)) and
+                                      getattr(whole, f).dim() >= 2 else getattr(whole, f))
+                                  for f in whole.__dataclass_fields__})
+                alone = compute_advantages(part, estimator, baseline)
+                for name, a, b in zip(("targets", "advantages"), together, alone, strict=True):
+                    if not torch.allclose(a[:, cols], b, rtol=1e-5, atol=1e-6, equal_nan=True):
+                        return f"the {name} of a column depend on other columns"
+    except Exception as err:  # noqa: BLE001 — any failure on the synthetic rollout: compute per member
+        return f"the check raised {type(err).__name__}: {err}"
+    return None
 
 
 def stack_padded(flats: list[dict[str, Tensor]]) -> dict[str, Tensor]:

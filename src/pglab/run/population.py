@@ -31,8 +31,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pglab.envs.make import EnvConfig, check_env_api, find_wrapper, make_vector_env, rms_state
 from pglab.learner.population import PopulationLearner, population_unsupported
 from pglab.models.build import build_policy
+from pglab.rollout.advantages import compute_advantages
 from pglab.rollout.datamodule import NonFiniteRolloutError, check_rollout_finite
-from pglab.rollout.population import MemberMinibatches, PopulationCollector, flat_member, member_batches, stack_padded
+from pglab.rollout.population import (
+    MemberMinibatches,
+    PopulationCollector,
+    columnwise,
+    flat_member,
+    member_batches,
+    stack_padded,
+)
 from pglab.run.checks import ConfigError, check_combination, check_types
 
 __all__ = ["population_seeds", "check_population", "build_population", "run_population", "Population"]
@@ -94,6 +102,8 @@ class Population:
         self.collector = PopulationCollector(envs, int(cfg.collector.num_steps), learner.head.param_dim, seeds,
                                              num_envs=int(cfg.env.num_envs))
         self.minibatches = MemberMinibatches(seeds, int(cfg.learner.epochs), int(cfg.learner.num_minibatches))
+        # targets and advantages of all members in one call, where that is checked to equal one call per member
+        self.columnwise_reason = columnwise(estimator, baseline)
         self.out = out
         self.member_dirs = [out / f"member-{k}" for k in range(len(seeds))]
         self.loggers = []
@@ -157,6 +167,11 @@ class Population:
             torch.empty((), dtype=torch.int64).random_()
         flats, rollout_metrics = [], []
         trainable = learner.trainable()
+        together = None
+        if self.columnwise_reason is None:  # every member's targets and advantages in one call (``columnwise``)
+            with torch.inference_mode():
+                together = compute_advantages(self.collector.merged(), self.estimator, self.baseline)
+        n = self.collector.n
         for k, rollout in enumerate(rollouts):
             m = learner.members[k]
             if trainable[k]:
@@ -165,7 +180,9 @@ class Population:
                 except NonFiniteRolloutError as err:
                     m.failed = f"member seed={m.seed}: {err}"
             usable = trainable[k] and m.failed is None
-            flat, metrics = flat_member(rollout, self.estimator, self.baseline)
+            cols = slice(k * n, (k + 1) * n)
+            flat, metrics = flat_member(rollout, self.estimator, self.baseline,
+                                        None if together is None else (together[0][:, cols], together[1][:, cols]))
             if not usable:  # a stopped member's rows take no part in any update
                 flat = {n: x[:0] for n, x in flat.items()}
             elif flat["obs"].shape[0] == 0:

@@ -247,3 +247,25 @@ def test_members_advantages_computed_together_only_where_columnwise(make_cfg, tm
         torch.testing.assert_close(advantages[:, cols], own[1], rtol=1e-6, atol=1e-6)
     pop.close()
     assert build_population(make_cfg("population=2", *FAST, "baseline=mean")).columnwise_reason is not None
+
+
+def test_each_member_is_a_wandb_run_of_its_own(make_cfg, tmp_path, monkeypatch, capsys):
+    """logger=wandb (offline): one W&B run per member, named by its seed, all in one group, each with its own
+    rows; the CSV beside it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    pop = build_population(make_cfg("population=2", "seed=4", "total_env_steps=256", "logger=wandb", *FAST,
+                                    output_dir=out))
+    pop.open_outputs()
+    runs = [next(lg for lg in member if type(lg).__name__ == "WandbLogger").experiment for member in pop.loggers]
+    assert runs[0].id != runs[1].id
+    assert runs[0].name.endswith("seed4") and runs[1].name.endswith("seed5")
+    assert runs[0].group == runs[1].group and runs[0].group
+    assert [r.config["seed"] for r in runs] == [4, 5]
+    while any(pop.learner.trainable()):
+        pop.log(pop.iteration())
+    pop.close()
+    for k in range(2):
+        assert len(list((out / f"member-{k}" / "wandb").glob("offline-run-*"))) == 1
+        assert (out / f"member-{k}" / "csv" / "metrics.csv").is_file()
+    assert pop.wandb_hint().count("offline-run-") == 2

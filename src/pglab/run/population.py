@@ -133,7 +133,22 @@ class Population:
             parent_hydra = self.out / ".hydra" / "hydra.yaml"
             if parent_hydra.is_file():  # the Hydra choices (algo=..., env=...) that plot groups by
                 (d / ".hydra" / "hydra.yaml").write_text(parent_hydra.read_text())
-            self.loggers.append(CSVLogger(save_dir=str(d), name="csv", version=""))
+            # the member's CSV always (what pglab.tools.plot reads), and every other logger its config names,
+            # instantiated from its own resolved config: W&B named by its seed, in its population's group
+            member_loggers = [CSVLogger(save_dir=str(d), name="csv", version="")]
+            config = self.member_config(k)
+            for logger_cfg in (config.get("logger") or {}).values():
+                target = str(logger_cfg.get("_target_", ""))
+                if target.endswith("CSVLogger"):
+                    continue
+                logger = instantiate(logger_cfg)
+                if type(logger).__name__ == "WandbLogger":
+                    logger = _own_wandb_run(logger)
+                    logger.experiment.define_metric("env_steps")
+                    logger.experiment.define_metric("*", step_metric="env_steps")
+                logger.log_hyperparams(config)
+                member_loggers.append(logger)
+            self.loggers.append(member_loggers)
 
     def save_member(self, k: int) -> Path:
         """``member-<k>/checkpoints/last.ckpt``: the member's weights and config as ``pglab.tools.evaluate`` reads a
@@ -243,13 +258,40 @@ class Population:
     def log(self, rows: list[dict[str, float]]) -> None:
         for k, metrics in enumerate(rows):
             if metrics and self.loggers:
-                self.loggers[k].log_metrics(metrics, step=int(metrics["env_steps"]))
+                for logger in self.loggers[k]:
+                    logger.log_metrics(metrics, step=int(metrics["env_steps"]))
 
     def close(self) -> None:
-        for logger in self.loggers:
-            logger.save()
+        for member_loggers in self.loggers:
+            for logger in member_loggers:
+                logger.save()
+                if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+                    logger._experiment.finish()
         for envs in self.envs:
             envs.close()
+
+    def wandb_hint(self) -> str | None:
+        """The `wandb sync` command for the members' offline W&B runs (None if there are none)."""
+        from pglab.run.loggers import sync_hint
+
+        hints = [sync_hint(str(d)) for d in self.member_dirs]
+        runs = [h.removeprefix("wandb sync ") for h in hints if h]
+        return "wandb sync " + " ".join(runs) if runs else None
+
+
+def _own_wandb_run(logger):
+    """A W&B run of this member's own: Lightning's WandbLogger reuses whatever run is live in the process (the
+    previous member's), so each member's run is created here with ``reinit="create_new"`` from the logger's own
+    ``wandb.init`` arguments (its name, group, mode, folder)."""
+    import wandb
+
+    previous = logger._experiment
+    if previous is not None and previous is not wandb.run:
+        return logger  # its own run already
+    init = dict(logger._wandb_init)
+    init.pop("anonymous", None)
+    logger._experiment = wandb.init(**init, reinit="create_new")
+    return logger
 
 
 def _stop_signal() -> int | None:
@@ -315,8 +357,8 @@ def run_population(cfg: DictConfig) -> tuple[dict[str, float], int]:
     P = len(pop.seeds)
     network = type(pop.learner.base).__name__
     print(f"pglab: population of {P} (seeds {pop.seeds}) of {network}; {pop.learner.describe()}; "
-          f"outputs in {pop.out}/member-<k>/ (CSV and checkpoints per member; eval callbacks and "
-          "W&B are not run for populations)", flush=True)
+          f"outputs in {pop.out}/member-<k>/ (per member: CSV, the configured loggers and checkpoints; eval "
+          "callbacks are not run for populations)", flush=True)
     pop.open_outputs()
     last: list[dict] = [{} for _ in range(P)]
     reported: set[int] = set()
@@ -340,6 +382,9 @@ def run_population(cfg: DictConfig) -> tuple[dict[str, float], int]:
             for k in range(P):
                 pop.save_member(k)
         pop.close()
+    hint = pop.wandb_hint()
+    if hint:
+        print(f"pglab: the members' W&B runs are offline; upload them with: {hint}")
     failed = [m for m in pop.learner.members if m.failed]
     for k, m in enumerate(pop.learner.members):
         ret = last[k].get("rollout/episode_return", float("nan"))

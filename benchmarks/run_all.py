@@ -1,11 +1,12 @@
 """Speed benchmarks, pglab side by side with Stable-Baselines3 (``make bench``).
 
-Runs start-up, per-update cost, throughput (CartPole / Pendulum / HalfCheetah), pglab as shipped, collection and
-per-rollout overhead, and time to solve (see ``benchmarks/speed.py``), prints every figure and writes
-``benchmarks/results/speed.json`` and ``speed.md``. Needs the ``bench`` extra (stable-baselines3, psutil, MuJoCo).
-About 8–10 min on a 2-core CPU; ``--quick`` is a 2–3 min smoke run.
+Runs start-up, per-update cost, throughput (CartPole / Pendulum / HalfCheetah), pglab as shipped, collection,
+per-rollout overhead, time to solve (see ``benchmarks/speed.py``) and populations against sequential runs
+(``benchmarks/population.py``), prints every figure and writes ``benchmarks/results/speed.json`` and ``speed.md``.
+Needs the ``bench`` extra (stable-baselines3, psutil, MuJoCo). About 12–15 min on a 2-core CPU; ``--quick`` is a
+3–4 min smoke run.
 
-    python benchmarks/run_all.py [--quick] [--only startup updates throughput shipped collection solve]
+    python benchmarks/run_all.py [--quick] [--only startup updates throughput shipped collection solve population]
         [--cases cartpole_cleanrl pendulum_zoo halfcheetah_cleanrl] [--repeats 3] [--seeds 0 1 2]
     python benchmarks/run_all.py --learning      # also run benchmarks/learning.py afterwards (long)
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 import speed
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("startup", "updates", "throughput", "shipped", "collection", "solve")
+BENCHMARKS = ("startup", "updates", "throughput", "shipped", "collection", "solve", "population")
 
 
 def versions() -> str:
@@ -71,6 +72,13 @@ def finite(x):
     return x
 
 
+def population_bench(quick: bool, repeats: int) -> list[dict]:
+    """population=P against P sequential single runs, in this process (benchmarks/population.py)."""
+    import population  # imports torch and pglab: only when this benchmark runs
+
+    return population.run(["cartpole", "pendulum"], [1, 8] if quick else [1, 4, 8, 16], None, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 1 seed, small budgets")
@@ -105,6 +113,7 @@ def main() -> None:
         "shipped": lambda: speed.shipped(repeats, steps),
         "collection": lambda: speed.collection(repeats, collect_steps, train_steps),
         "solve": lambda: speed.solve(seeds, args.cap),
+        "population": lambda: population_bench(args.quick, repeats),
     }
     for name in BENCHMARKS:
         if name in args.only:
@@ -115,6 +124,11 @@ def main() -> None:
     res["meta"].update(load_end=load(), elapsed_s=time.perf_counter() - start)
 
     md = speed.markdown(res)
+    if "population" in res:
+        import population
+
+        md += "\n## Populations (summed env steps/s of population=P ÷ P sequential single runs)\n\n" + \
+            population.markdown(res["population"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(finite(res), indent=1, default=str) + "\n")
     (args.out / "speed.md").write_text(md)

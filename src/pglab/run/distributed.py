@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-__all__ = ["GradientAllReduceDDP", "RankFailureWatch", "failed_rank_note"]
+__all__ = ["GradientAllReduceDDP", "RankFailureWatch", "failed_rank_note", "not_rank_zero"]
 
 
 def _strategy_class():
@@ -50,6 +50,11 @@ class _Failure:
 def failed_rank_note() -> str:
     """`` on rank R`` when this process is one rank of a multi-process run, else "" (for the run's failure line)."""
     return f" on rank {_Failure.rank}" if _Failure.world_size > 1 and _Failure.rank is not None else ""
+
+
+def not_rank_zero() -> bool:
+    """Whether this process is a rank other than 0 of a multi-process run (rank 0 writes the checkpoints)."""
+    return _Failure.world_size > 1 and _Failure.rank not in (None, 0)
 
 
 def _watch_class():

@@ -46,7 +46,7 @@ from pglab.run.checkpoints import (
     truncate_csv,
 )
 from pglab.run.checks import ConfigError, check_combination, check_types
-from pglab.run.distributed import RankFailureWatch, failed_rank_note
+from pglab.run.distributed import RankFailureWatch, failed_rank_note, not_rank_zero
 from pglab.run.hydra_callbacks import mark_failed, started_as_other_rank
 from pglab.run.loggers import finish_wandb, resume_kwargs, sync_hint, wandb_resume_notice
 
@@ -427,6 +427,8 @@ def _resume_note(cfg: DictConfig) -> str:
     """What a failed run leaves to resume from: the kept ``last.ckpt`` and the command, or that there is none."""
     kept = _kept_checkpoint(cfg)
     out = Path(cfg.paths.output_dir)
+    if not kept and not_rank_zero():  # another node's own folder: rank 0 writes the checkpoints, in its folder
+        return "rank 0 writes the checkpoints: its line names the kept one and the resume command"
     return (f"the last checkpoint is kept: {kept}; resume: {resume_command(out / 'checkpoints' / 'last.ckpt', out)}"
             if kept else "no checkpoint was written before it (checkpoint.every_n_epochs sets how often)")
 

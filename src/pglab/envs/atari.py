@@ -77,7 +77,11 @@ def atari_wrapper(env: gym.Env, frame_stack: int = 4, episodic_life: bool = Fals
                   frame_skip: int = 4, noop_max: int = 30, screen_size: int = 84, grayscale_obs: bool = True,
                   fire_reset: bool = False) -> gym.Env:
     """The Atari stack above around one ALE env (made with ``frameskip=1``); [frame_stack, 84, 84] uint8 frames."""
-    import ale_py  # noqa: F401  (the ALE must be importable; importing it registers the ALE/… ids)
+    try:
+        import ale_py  # noqa: F401  (the ALE must be importable; importing it registers the ALE/… ids)
+        import cv2  # noqa: F401  (AtariPreprocessing resizes with OpenCV)
+    except ImportError as err:
+        raise ImportError(f"Atari needs the ALE and OpenCV ({err}): pip install 'pglab[atari]'") from err
     from gymnasium import wrappers as gw
 
     frameskip = getattr(env.unwrapped, "_frameskip", 1)

@@ -63,6 +63,7 @@ def require_video_support(env_id: str | None = None) -> None:
             from err
     if env_id is not None:
         # rendering needs the env's own optional dependency (pygame for classic control, mujoco, ...)
+        _headless_sdl()
         try:
             env = gym.make(resolve_env_id(env_id), render_mode="rgb_array")
             env.reset(seed=0)
@@ -116,6 +117,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None,
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
     if cfg.record_video_dir is not None:
         kwargs["render_mode"] = "rgb_array"
+        _headless_sdl()
     if cfg.wrappers and mode == "vector_entry_point":
         raise ValueError(f"env.wrappers wrap single envs, but {cfg.id}'s native vector env has none: set "
                          "env.vectorization=sync or async")
@@ -123,11 +125,24 @@ def make_vector_env(cfg: EnvConfig, num_envs: int | None = None,
     envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, vector_kwargs=vector_kwargs, wrappers=wrappers,
                         **kwargs)
     if cfg.record_video_dir is not None:
-        envs = vw.RecordVideo(envs, cfg.record_video_dir, episode_trigger=lambda _: True, name_prefix="eval")
+        # one clip per episode of the first env (as CleanRL and rl-zoo3 record), not a mosaic of every env
+        envs = vw.RecordVideo(envs, cfg.record_video_dir, episode_trigger=lambda _: True, name_prefix="eval",
+                              record_first_only=True)
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
         raise ValueError(f"{cfg.id}'s vector env does not use next-step autoreset, which pglab's collector "
                          "relies on; use env.vectorization=sync")
     return _wrap_vector_env(envs, cfg)
+
+
+def _headless_sdl() -> None:
+    """rgb_array frames need no window. Without a display SDL (pygame, the classic-control renderer) tries Wayland
+    first and prints "error: XDG_RUNTIME_DIR is invalid or not set" before falling back to its offscreen driver:
+    ask for that one directly, and keep pygame's import banner out of the run's output."""
+    import os
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 
 def _single_env_wrapper(spec):
@@ -175,9 +190,15 @@ def resolve_env_id(env_id: str) -> str:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise ValueError(f"env.id={env_id!r}: cannot import module {module!r} ({err}); it must be importable "
-                         "(installed, or on PYTHONPATH) and register the env with gymnasium.register") from err
+        extra = EXTRA_FOR_MODULE.get(module.split(".")[0])
+        fix = f"install it: pip install 'pglab[{extra}]'" if extra else \
+            "it must be importable (installed, or on PYTHONPATH) and register the env with gymnasium.register"
+        raise ValueError(f"env.id={env_id!r}: cannot import module {module!r} ({err}); {fix}") from err
     return name
+
+
+# env modules an extra of pglab's installs (pyproject.toml's optional-dependencies): their refusal names it
+EXTRA_FOR_MODULE = {"ale_py": "atari"}
 
 
 def check_observation_space(space: gym.Space, env_id: str) -> None:

@@ -6,25 +6,41 @@ import math
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
-import gymnasium as gym
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 
-from pglab.envs.make import find_wrapper, run_episodes
+from pglab.envs.make import run_episodes
 
 __all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar", "format_progress", "announce",
-           "job_label", "ReplayFirstRollout", "PhaseTimer"]
+           "job_label", "last_return", "ReplayFirstRollout", "PhaseTimer"]
 
 
 class EvalCallback(L.Callback):
     """Every ``every_n_epochs`` epochs (and after the last), runs the deterministic policy (the mode of π) on a
     separate eval vector env for ``episodes`` episodes; logs ``eval/return_mean``, ``eval/return_std``,
     ``eval/length_mean``. Observation normalisation statistics are copied from training and frozen.
-    ``video_dir``: also play one episode per evaluation on a separate one-env copy wrapped in gymnasium's
-    RecordVideo (needs moviepy): one clip of one env per evaluation, as CleanRL and rl-zoo3 record, instead of a
-    mosaic of every eval env; the statistics come from the ``episodes`` unrecorded ones."""
+
+    ``video_dir``: also record one episode of the same deterministic policy per evaluation, on a one-env copy of
+    the env (needs moviepy): one clip of one env (``eval-step<env steps>.mp4``), as CleanRL and rl-zoo3 record,
+    not a mosaic of every eval env; the statistics come from the unrecorded episodes. Rendering and encoding a
+    clip take seconds (a CartPole frame renders in 3-6 ms), so a recorder *process* does both, from a copy of the
+    policy's weights and the frozen statistics, while training goes on; a clip goes to W&B at the env steps of the
+    evaluation it shows once written, and training waits at its end for the last one. The recorder keeps to
+    ``video_share`` (10%) of training's time: when evaluations come faster than that, or while it is busy, an
+    evaluation's clip waits and the next evaluation replaces it (the latest policy is the one worth seeing); the
+    last evaluation's clip is always made, and the run says how many were. Should the recorder process fail (e.g.
+    an env registered only in this process), recording falls back to this process.
+    ``benchmarks/video_cost.py`` measures what video costs training."""
+
+    # "process" (the default, above); "inline": the same recording in this process, each clip made before training
+    # goes on (the fallback, and the benchmark's reference)
+    video_recorder = "process"
+    # the recorder's time, as a share of training's time so far, above which an evaluation's clip waits (replaced by
+    # the next one): on a machine with no idle core its work slows training by about this much
+    video_share = 0.1
 
     def __init__(self, every_n_epochs: int = 10, episodes: int = 10, num_envs: int = 4, seed: int = 10_000,
                  video_dir: str | None = None) -> None:
@@ -33,8 +49,14 @@ class EvalCallback(L.Callback):
         self.every_n_epochs, self.episodes, self.num_envs, self.seed = every_n_epochs, episodes, num_envs, seed
         self.video_dir = video_dir
         self.envs = None
-        self.video_envs = None
         self.evaluations = 0
+        self._recorder = None      # the recorder process (a one-worker pool), started at the first clip
+        self._in_flight = None     # (future → path, env steps, job arguments) being recorded
+        self._waiting = None       # (job arguments, env steps) of the latest evaluation not yet recorded
+        self._clips_asked = self._clips_made = 0
+        self._inline = self.video_recorder != "process"
+        self._fit_start = time.monotonic()
+        self._recorder_s = 0.0     # seconds the recorder has spent on clips (from submit to result)
 
     def _evaluate(self, trainer: L.Trainer, module) -> None:
         # rank 0 evaluates (and records videos); every rank gets its numbers, so checkpointing by eval/return_mean
@@ -43,35 +65,50 @@ class EvalCallback(L.Callback):
         if trainer.world_size > 1:
             metrics = trainer.strategy.broadcast(metrics, src=0)
         module.emit_metrics(metrics)
-        if trainer.global_rank == 0:
-            log_videos(trainer, self.video_dir, int(module.env_steps))
+        if trainer.global_rank == 0 and self.video_dir is not None:
+            self._advance(trainer, wait=False)
 
     def _evaluate_here(self, trainer: L.Trainer, module) -> dict[str, float]:
         datamodule = trainer.datamodule
         if self.envs is None:
             self.envs = datamodule.make_eval_envs(self.num_envs)
-            if self.video_dir is not None:
-                self.video_envs = datamodule.make_eval_envs(1, record_video_dir=self.video_dir)
         else:
             datamodule.sync_obs_normalization(self.envs)
-            if self.video_envs is not None:
-                datamodule.sync_obs_normalization(self.video_envs)
         actor = module.actor()  # the acting policy collection uses, in its deterministic (mode) form
 
         def act(obs):
             return actor.act(obs.to(module.device), deterministic=True).actions
 
+        seed = self.seed + self.evaluations
         with torch.inference_mode():
-            returns, lengths = run_episodes(self.envs, act, self.episodes, seed=self.seed + self.evaluations)
-            if self.video_envs is not None:
-                run_episodes(self.video_envs, act, 1, seed=self.seed + self.evaluations)
-                # RecordVideo writes a clip when the next episode starts; write it now, so it can be logged
-                recorder = find_wrapper(self.video_envs, gym.wrappers.vector.RecordVideo)
-                if recorder is not None and recorder.recording:
-                    recorder.stop_recording()
+            returns, lengths = run_episodes(self.envs, act, self.episodes, seed=seed)
+        step = int(module.env_steps)
+        if self.video_dir is not None:
+            self._clips_asked += 1
+            # what the recorder needs to act as this policy does: the run's env and model, the frozen observation
+            # statistics and a CPU copy of the weights (the module trains on meanwhile)
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in module.policy.state_dict().items()}
+            job = (datamodule.env_cfg, datamodule._normalization_state(), module.run_config["model"], weights, seed,
+                   str(Path(self.video_dir) / f"eval-step{step}.mp4"))
+            if self._inline:
+                self._record_here(trainer, job, step)
+            else:
+                self._waiting = (job, step)  # replaces an older evaluation still waiting
         self.evaluations += 1
         return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
                 "eval/length_mean": float(lengths.mean())}
+
+    def _record_here(self, trainer: L.Trainer, job: tuple, step: int) -> None:
+        try:
+            path = record_clip(*job)
+        except Exception as err:  # noqa: BLE001 - a clip that cannot be made must not end the run
+            print(f"pglab: an eval video could not be recorded: {type(err).__name__}: {err}", file=sys.stderr)
+            return
+        self._clips_made += 1
+        self._log_clip(trainer, path, step)
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        self._fit_start = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
         last = trainer.should_stop or (trainer.max_epochs not in (None, -1)
@@ -79,25 +116,115 @@ class EvalCallback(L.Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last:
             self._evaluate(trainer, module)
 
+    def _advance(self, trainer: L.Trainer, wait: bool) -> None:
+        """Log the clip in flight once written (``wait``: wait for it), then start the one waiting."""
+        while True:
+            if self._in_flight is not None:
+                future, step, job, started = self._in_flight
+                if not (wait or future.done()):
+                    return
+                self._in_flight = None
+                self._recorder_s += time.monotonic() - started
+                try:
+                    path = future.result()
+                except Exception as err:  # noqa: BLE001 - the recorder process failed: record here from now on
+                    print(f"pglab: the eval video recorder process failed ({type(err).__name__}: {err}); recording "
+                          "in the training process from now on", file=sys.stderr)
+                    self._stop_recorder()
+                    self._inline = True
+                    self._record_here(trainer, job, step)
+                    if self._waiting is not None:
+                        (job, step), self._waiting = self._waiting, None
+                        self._record_here(trainer, job, step)
+                    return
+                self._clips_made += 1
+                self._log_clip(trainer, path, step)
+            if self._waiting is None:
+                return
+            elapsed = time.monotonic() - self._fit_start
+            if not wait and self._recorder_s > self.video_share * elapsed:
+                return  # over its share: the clip waits (a later evaluation replaces it; the last is always made)
+            (job, step), self._waiting = self._waiting, None
+            if self._recorder is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                # spawn: a fork would copy this process's threads (W&B, the data loader) and their locks
+                self._recorder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._in_flight = (self._recorder.submit(record_clip, *job), step, job, time.monotonic())
+
+    def _log_clip(self, trainer: L.Trainer, path, step: int) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_video("eval/video", [str(path)], step=step, format=["mp4"])
+
+    def _stop_recorder(self) -> None:
+        if self._recorder is not None:
+            self._recorder.shutdown(wait=True, cancel_futures=True)
+            self._recorder = None
+
     def on_fit_end(self, trainer: L.Trainer, module) -> None:
-        for envs in (self.envs, self.video_envs):
-            if envs is not None:
-                envs.close()
-        self.envs = self.video_envs = None
+        if self.envs is not None:
+            self.envs.close()
+        self.envs = None
+        if self.video_dir is not None and trainer.global_rank == 0:
+            self._advance(trainer, wait=True)  # the clip in flight, then the last evaluation's
+            self._stop_recorder()
+            if self._clips_made < self._clips_asked:
+                print(f"pglab: eval video: {self._clips_made} of {self._clips_asked} evaluations recorded, the last "
+                      f"among them (a clip takes seconds to render; the recorder keeps to about "
+                      f"{self.video_share:.0%} of training's time, and an evaluation that came while a clip was "
+                      "being made replaced the one waiting)", flush=True)
+
+    def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
+        self._stop_recorder()
 
 
-def log_videos(trainer: L.Trainer, video_dir: str | None, step: int) -> None:
-    """Send the newest recorded video to W&B (if a W&B logger is attached)."""
-    if video_dir is None:
-        return
-    from pathlib import Path
+def record_clip(env_cfg, stats: dict, model_cfg: dict, weights: dict, seed: int, path: str) -> str:
+    """In the recorder process: one episode of the deterministic policy (``model_cfg`` with ``weights``) on a
+    one-env copy of ``env_cfg`` frozen at ``stats``, each step's frame (the first env's ``render()``, as
+    RecordVideo captures it) written to ``path`` (mp4)."""
+    import dataclasses
 
-    videos = sorted(Path(video_dir).glob("*.mp4"), key=lambda p: p.stat().st_mtime)
-    if not videos:
-        return
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_video("eval/video", [str(videos[-1])], step=step, format=["mp4"])
+    from pglab.envs.make import _headless_sdl, make_frozen_envs
+    from pglab.models.build import build_policy
+
+    torch.set_num_threads(1)
+    _headless_sdl()
+    cfg = dataclasses.replace(env_cfg, kwargs={**dict(env_cfg.kwargs), "render_mode": "rgb_array"})
+    envs = make_frozen_envs(cfg, 1, stats)
+    try:
+        fps = envs.metadata.get("render_fps") or 30
+        policy = build_policy(model_cfg, envs.single_observation_space, envs.single_action_space)
+        policy.load_state_dict(weights)
+        policy.eval()
+        obs, _ = envs.reset(seed=seed)
+        frames = [envs.render()[0]]
+        with torch.inference_mode():
+            for _ in range(100_000):
+                actions = policy.act(torch.as_tensor(obs, dtype=torch.float32), deterministic=True).actions
+                obs, _, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+                frames.append(envs.render()[0])  # next-step autoreset: this is still the episode's last state
+                if terminated[0] or truncated[0]:
+                    break
+    finally:
+        envs.close()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return str(write_clip(frames, target, fps))
+
+
+def write_clip(frames: list, path: Path, fps: float) -> Path:
+    """Encode ``frames`` ([H, W, 3] uint8 each) to an mp4 at ``path``: libx264's ``ultrafast`` preset, one thread
+    (it shares the machine with training), no audio."""
+    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
+
+    clip = ImageSequenceClip(frames, fps=fps)
+    try:
+        clip.write_videofile(str(path), codec="libx264", audio=False, preset="ultrafast", threads=1, logger=None)
+    finally:
+        clip.close()
+    return path
 
 
 def _clock(seconds: float | None) -> str:
@@ -112,7 +239,7 @@ def progress_fields(metrics: dict, done: int, start_steps: int, elapsed: float) 
     they are given up when the line is too narrow: the last first."""
     fields = []
     for key, label, short in (("rollout/return_mean20", "return(20)", "ret"), ("eval/return_mean", "eval", "eval")):
-        if key in metrics:
+        if key in metrics and math.isfinite(float(metrics[key])):  # nan: no episode has finished yet
             fields.append((label, short, f"{float(metrics[key]):.1f}"))
     if elapsed > 0 and done > start_steps:
         fields.append(("", "", f"{(done - start_steps) / elapsed:,.0f} steps/s"))
@@ -154,11 +281,19 @@ def format_progress(width: int, done: int, total: int, fields: list[tuple[str, s
     return f"pglab {counter} · {tail}"[:width]
 
 
+def last_return(metrics: dict) -> str:
+    """The final line's word on returns: the last rollout's mean episode return, or that no episode has finished
+    (a budget shorter than one episode logs nan there)."""
+    value = float(metrics.get("rollout/episode_return", math.nan))
+    return f"last mean episode return {value:.1f}" if math.isfinite(value) else "no episode finished yet"
+
+
 def announce(cfg, out) -> None:
     """The first line of a run, before W&B, the envs and the network are built: what runs and where it writes."""
-    from pglab.run.naming import hydra_choices
+    from pglab.run.naming import hydra_choices, resumed_names
 
-    choices = hydra_choices()
+    # a resumed run trains its checkpoint's algorithm: say that one, not this command line's defaults
+    choices = {**hydra_choices(), **resumed_names(cfg.get("ckpt_path")).get("choices", {})}
     what = choices.get("experiment") or choices.get("algo") or "a run"
     parts = "/".join(choices[k] for k in ("estimator", "baseline", "surrogate") if k in choices)
     print(f"pglab: {job_label()}training {what}{f' ({parts})' if parts else ''} on {cfg.env.id} for "

@@ -44,13 +44,18 @@ _TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
 
 
 def check_types(cfg: DictConfig) -> None:
-    """Raise ConfigError naming every setting of the wrong type (``seed=abc``, ``learner.lr=fast``, ...)."""
-    problems = []
+    """Raise ConfigError naming every setting of the wrong type (``seed=abc``, ``learner.lr=fast``, ...) and every
+    ``learner.*`` key the learner does not take (``+learner.lrr=1``). An integer setting given as a float that is
+    an integer (``total_env_steps=1e5``, which YAML and Hydra read as 100000.0) is turned into that integer."""
+    problems = _unknown_learner_keys(cfg)
     for key, (types, nullable) in _TYPES.items():
         if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue
         value = OmegaConf.select(cfg, key)
         if value is None and nullable:
+            continue
+        if types is _INT and isinstance(value, float) and value.is_integer():
+            OmegaConf.update(cfg, key, int(value), force_add=False)
             continue
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
@@ -58,6 +63,31 @@ def check_types(cfg: DictConfig) -> None:
             problems.append(f"{key} must be {kind}{' or null' if nullable else ''}, got {value!r}")
     if problems:
         raise ConfigError("this configuration cannot run:\n  - " + "\n  - ".join(problems))
+
+
+def _unknown_learner_keys(cfg: DictConfig) -> list[str]:
+    """``learner.*`` keys that are neither the learner's constructor arguments nor the update schedule: Hydra's own
+    hint for an unknown key (``+learner.lrr=1``) would otherwise end in a TypeError from the constructor."""
+    import difflib
+    import inspect
+
+    learner = cfg.get("learner") if isinstance(cfg, DictConfig) else None
+    if not isinstance(learner, DictConfig):
+        return []
+    from pglab.learner.module import PolicyGradientModule
+    from pglab.run.train import SCHEDULE_KEYS  # the learner.* keys the DataModule reads
+
+    params = inspect.signature(PolicyGradientModule.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    accepted = (set(params) - {"self", "policy", "surrogate", "total_env_steps"}) | set(SCHEDULE_KEYS)
+    problems = []
+    for key in sorted(set(learner.keys()) - accepted):
+        close = difflib.get_close_matches(key, sorted(accepted), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join('learner.' + c for c in close)}?)" if close else ""
+        problems.append(f"learner.{key} is not a learner setting{hint}; the learner's settings: "
+                        f"{', '.join(sorted(accepted))}")
+    return problems
 
 
 def check_budgets(cfg: DictConfig, whole_episodes: bool) -> list[str]:

@@ -7,16 +7,22 @@ OmegaConf resolvers used by ``conf/train.yaml`` (registered when ``pglab`` is im
 - ``${pglab.env_slug:${env.id}}`` — the env id as one path component (``ale_py:ALE/Pong-v5`` → ``ALE-Pong-v5``);
 - ``${pglab.run_group:}`` — ``<env>-<preset>-<hash>``: the hash is a stable digest of the resolved config with the
   seed fixed, so runs that differ only in their seed share a group and runs that differ in anything else (an
-  ``lr`` sweep, two Optuna trials, GRPO against Dr. GRPO) do not.
+  ``lr`` sweep, two Optuna trials, GRPO against Dr. GRPO) do not;
+- ``${pglab.gpus_per_node:${trainer.accelerator},${trainer.devices}}`` — the GPUs a SLURM job asks for
+  (``conf/hydra/launcher/slurm.yaml``): 0 on ``trainer=cpu``, the trainer's devices on a GPU trainer.
+
+A resumed run (``ckpt_path=...``) trains the checkpoint's algorithm, env and model, so its names come from the
+checkpoint (its preset, env and W&B group), not from what this command line defaulted to.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 __all__ = ["register_resolvers", "env_slug", "preset", "config_digest", "run_group", "hydra_choices",
-           "override_tags", "NOT_THE_RUN"]
+           "override_tags", "gpus_per_node", "NOT_THE_RUN"]
 
 # top-level keys that say where and how a run is recorded, not what it trains: left out of the group digest
 NOT_THE_RUN = ("seed", "paths", "logger", "run_name", "ckpt_path", "progress_every_s", "trainer")
@@ -24,8 +30,10 @@ NOT_THE_RUN = ("seed", "paths", "logger", "run_name", "ckpt_path", "progress_eve
 TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "max_epochs")
 
 
-def env_slug(env_id: str) -> str:
-    """``module:Name/Id-v0`` → ``Name-Id-v0``: the importable module prefix dropped, path separators replaced."""
+def env_slug(env_id: str, *, _root_=None) -> str:
+    """``module:Name/Id-v0`` → ``Name-Id-v0``: the importable module prefix dropped, path separators replaced (a
+    resumed run: the checkpoint's env)."""
+    env_id = resumed_names(_ckpt_path(_root_)).get("env_id") or env_id
     name = str(env_id).rsplit(":", 1)[-1]
     return name.replace("/", "-").replace("\\", "-") or "env"
 
@@ -40,8 +48,44 @@ def hydra_choices() -> dict[str, str]:
             if isinstance(v, str) and not k.startswith("hydra")}
 
 
-def preset() -> str:
-    choices = hydra_choices()
+def resumed_names(ckpt_path) -> dict:
+    """``{"choices": {...}, "env_id": ..., "run_name": ...}`` of the run a checkpoint holds ({} when there is no
+    readable checkpoint there: the resume itself then refuses it, naming the problem). Read once per file."""
+    if not ckpt_path or not isinstance(ckpt_path, (str, os.PathLike)):
+        return {}
+    try:
+        stat = os.stat(ckpt_path)
+    except OSError:
+        return {}
+    key = (os.path.abspath(ckpt_path), stat.st_mtime_ns, stat.st_size)
+    if key not in _RESUMED:
+        names = {}
+        try:
+            import torch
+
+            payload = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("pglab") or {}
+            config = payload.get("config") or {}
+            names = {"choices": {k: v for k, v in (payload.get("choices") or {}).items() if isinstance(v, str)},
+                     "env_id": (config.get("env") or {}).get("id"), "run_name": config.get("run_name")}
+        except Exception:  # noqa: BLE001 - not a pglab checkpoint: named from the command line; resume refuses it
+            names = {}
+        _RESUMED.clear()  # one resume per process is the rule; keep no more than one checkpoint's names
+        _RESUMED[key] = names
+    return _RESUMED[key]
+
+
+_RESUMED: dict = {}
+
+
+def _ckpt_path(root) -> str | None:
+    try:
+        return root.get("ckpt_path") if root is not None else None
+    except Exception:  # noqa: BLE001 - an unresolvable ckpt_path: no checkpoint to name the run after
+        return None
+
+
+def preset(*, _root_=None) -> str:
+    choices = {**hydra_choices(), **resumed_names(_ckpt_path(_root_)).get("choices", {})}
     return choices.get("experiment") or choices.get("algo") or "run"
 
 
@@ -68,6 +112,9 @@ def config_digest(root) -> str:
 
 def run_group(*, _root_) -> str:
     root = _root_
+    stored = resumed_names(_ckpt_path(root)).get("run_name")
+    if isinstance(stored, str) and stored:
+        return stored  # a resumed run continues its checkpoint's W&B group
     env_id = root.env.id if "env" in root and "id" in root.env else "env"
     return f"{env_slug(env_id)}-{preset()}-{config_digest(root)}"
 
@@ -90,9 +137,24 @@ def override_tags(limit: int = 64) -> list[str]:
     return tags
 
 
+def gpus_per_node(accelerator, devices) -> int:
+    """GPUs per SLURM node for a trainer: none for ``accelerator=cpu``; ``devices`` (1 when it is ``auto``, a list
+    or ``-1``: a job must ask for a number) for ``gpu``/``cuda``/``auto``."""
+    if str(accelerator).lower() == "cpu":
+        return 0
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    if isinstance(devices, (list, tuple)) or type(devices).__name__ == "ListConfig":
+        return max(1, len(devices))
+    return 1
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    for name, fn in (("pglab.preset", preset), ("pglab.env_slug", env_slug), ("pglab.run_group", run_group)):
+    for name, fn in (("pglab.preset", preset), ("pglab.env_slug", env_slug), ("pglab.run_group", run_group),
+                     ("pglab.gpus_per_node", gpus_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

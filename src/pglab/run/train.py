@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
+import logging
 import signal
 import sys
 import threading
@@ -33,7 +33,7 @@ from pglab.envs.make import EnvConfig, check_env_api, require_video_support
 from pglab.learner.module import NonFiniteError, PolicyGradientModule
 from pglab.models.build import build_policy
 from pglab.rollout.datamodule import NonFiniteRolloutError, OnPolicyDataModule
-from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker, announce, job_label
+from pglab.run.callbacks import EnvStepProgressBar, EvalCallback, SolveTracker, announce, job_label, last_return
 from pglab.run.checkpoints import (
     AtomicModelCheckpoint,
     CheckpointError,
@@ -54,6 +54,19 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # Lightning 2.6's own use of a torch API that torch 2.13 deprecates: printed twice per run, not actionable here
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# a run resumed into a new folder starts its own best-checkpoint record there: nothing is wrong, nothing to do
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning's "💡 Tip: ... litlogger / litmodels" lines, at every fit: about Lightning's cloud, not the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdverts())
 
 __all__ = ["main", "build", "run", "EnvStepBudget", "GracefulStop", "install_signal_handlers", "resume_command",
            "CONFIG_DIR", "EXIT_REFUSED", "EXIT_NONFINITE"]
@@ -244,10 +257,11 @@ def build(cfg: DictConfig, wandb_id: str | None = None, resume_steps: int | None
         # last.ckpt every checkpoint.every_n_epochs whatever eval does (and at the end, and on SIGTERM/SIGINT, in
         # run); not on an exception: the state mid-rollout is no epoch boundary, the previous last.ckpt is
         callbacks.append(PeriodicLastCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_epochs))
-        if cfg.eval.enabled:  # the best policy by eval return
+        if cfg.eval.enabled:  # the best policy by eval return, judged when an evaluation has just run: at other
+            # epochs eval/return_mean is missing (before the first) or an older policy's score
             callbacks.append(AtomicModelCheckpoint(
                 dirpath=out / "checkpoints", filename="best-{epoch}", monitor="eval/return_mean", mode="max",
-                save_top_k=1, every_n_epochs=cfg.checkpoint.every_n_epochs))
+                save_top_k=1, every_n_epochs=cfg.eval.every_n_epochs))
         if cfg.checkpoint.get("snapshots"):
             # keep every periodic checkpoint (early / middle / late policies for pglab.tools.probe)
             callbacks.append(AtomicModelCheckpoint(dirpath=out / "checkpoints", filename="snapshot-{epoch}",
@@ -395,9 +409,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
                 else "no checkpoint (checkpoint.enabled=false)"
             print(f"pglab: stopped by {name} at {steps} env steps; metrics flushed; {saved}", file=sys.stderr)
         else:
-            print(f"pglab: {job_label()}finished: {steps} env steps, last mean episode return "
-                  f"{metrics.get('rollout/episode_return', math.nan):.1f} ({r.module.update_path} updates); "
-                  f"outputs in {out}")
+            print(f"pglab: {job_label()}finished: {steps} env steps, {last_return(metrics)} "
+                  f"({r.module.update_path} updates); outputs in {out}")
         hint = sync_hint(str(out))
         if hint:
             print(f"pglab: W&B ran offline; to upload: {hint}")

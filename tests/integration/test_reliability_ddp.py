@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -87,21 +88,52 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_env_failing_on_node_1_only_ends_both_nodes_with_one_line_each(tmp_path, breaking):
+def _two_nodes(tmp_path, env, *args) -> list[tuple[int, str]]:
+    """Both nodes' processes, started by hand as a cluster would; (exit code, stderr) of each."""
     port, procs = _free_port(), []
     for node in (0, 1):
-        env = {**breaking, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),
-               "WORLD_SIZE": "2"}
+        node_env = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),
+                    "WORLD_SIZE": "2"}
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pglab.run.train", *RUN, "trainer.devices=1", "trainer.num_nodes=2",
+            [sys.executable, "-m", "pglab.run.train", *RUN, "trainer.devices=1", "trainer.num_nodes=2", *args,
              f"hydra.run.dir={tmp_path / f'node{node}'}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path))
-    results = [proc.communicate(timeout=240) for proc in procs]
-    assert [proc.returncode for proc in procs] == [1, 1], results[0][1][-2000:] + results[1][1][-2000:]
-    (node0,), (node1,) = ([line for line in err.splitlines() if line.startswith("pglab: the run failed")]
-                          for _, err in results)
+            env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path))
+    errs = [proc.communicate(timeout=240)[1] for proc in procs]
+    return [(proc.returncode, err) for proc, err in zip(procs, errs, strict=True)]
+
+
+def _failure_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("pglab: the run failed")]
+
+
+def test_env_failing_on_node_1_only_ends_both_nodes_with_one_line_each(tmp_path, breaking):
+    (code0, err0), (code1, err1) = _two_nodes(tmp_path, breaking)
+    assert (code0, code1) == (1, 1), err0[-2000:] + err1[-2000:]
+    (node0,), (node1,) = _failure_lines(err0), _failure_lines(err1)
     _check_rank_0_line(node0, tmp_path / "node0", _kept(tmp_path / "node0"))
     assert "rank 0 ends too" in node0
     # node 1 failed: its traceback, then its line; its folder holds no checkpoint, so it points to rank 0's line
-    assert "Traceback (most recent call last)" in results[1][1]
+    assert "Traceback (most recent call last)" in err1
     assert node1.startswith(f"pglab: {FAILURE}; rank 0 writes the checkpoints"), node1
+
+
+def test_rank_0_killed_outright_ends_node_1_with_a_line_that_blames_rank_0(tmp_path, breaking):
+    lib = Path(breaking["PYTHONPATH"])
+    (lib / "killer0.py").write_text(textwrap.dedent("""
+        import os, signal
+        import lightning as L
+
+        class KillRank0At(L.Callback):
+            def __init__(self, epoch):
+                self.epoch = epoch
+
+            def on_train_epoch_end(self, trainer, module):
+                if trainer.global_rank == 0 and trainer.current_epoch + 1 == self.epoch:
+                    os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, a lost node: no handler runs
+    """))
+    (code0, _), (code1, err1) = _two_nodes(tmp_path, breaking, "env.wrappers=[]",
+                                           "+callbacks.kill={_target_:killer0.KillRank0At,epoch:3}")
+    assert (code0, code1) == (-9, 1), err1[-2000:]
+    (line,) = _failure_lines(err1)
+    assert line.startswith("pglab: the run failed on rank 1, after rank 0 had ended"), line
+    assert "rank 0 writes the checkpoints" in line

@@ -111,3 +111,17 @@ def test_a_resumed_run_continuing_a_wandb_run_says_the_rows_after_its_checkpoint
     assert wandb_resume_notice([csv], "abc123", 488) is None  # no W&B logger this time
     assert wandb_resume_notice([csv, {**wandb, "mode": "disabled"}], "abc123", 488) is None
     assert wandb_resume_notice([csv, wandb], None, 488) is None  # the checkpoint's run never had a W&B run
+
+
+def test_resuming_a_wandb_run_prints_the_notice(tmp_path):
+    out = tmp_path / "run"
+    proc = _train(ENV, "logger=wandb", "total_env_steps=128", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    wandb_id, steps = ckpt["pglab"]["wandb_id"], int(ckpt["state_dict"]["env_steps"])
+    assert wandb_id
+    proc = _train(ENV, "logger=wandb", "total_env_steps=256", f"ckpt_path={last}", f"hydra.run.dir={out}",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"pglab: continuing W&B run {wandb_id} at {steps} env steps" in proc.stderr

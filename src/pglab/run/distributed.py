@@ -45,11 +45,18 @@ LOST_GRACE_S = 2.0  # a rank that loses the store waits this long for its own ru
 class _Failure:
     rank: int | None = None  # this process's global rank, once it knows it is one of several (for main's line)
     world_size: int = 1
+    rank_zero_gone = False  # the store was gone when this rank failed: rank 0 (its host) had ended first
 
 
 def failed_rank_note() -> str:
-    """`` on rank R`` when this process is one rank of a multi-process run, else "" (for the run's failure line)."""
-    return f" on rank {_Failure.rank}" if _Failure.world_size > 1 and _Failure.rank is not None else ""
+    """`` on rank R`` when this process is one rank of a multi-process run, else "" (for the run's failure line);
+    with a note when rank 0 had already ended (a collective then fails on every other rank: the cause is rank 0's)."""
+    if _Failure.world_size < 2 or _Failure.rank is None:
+        return ""
+    if _Failure.rank_zero_gone:
+        return (f" on rank {_Failure.rank}, after rank 0 had ended (it hosts the process group's store, which is gone;"
+                " rank 0's output says why)")
+    return f" on rank {_Failure.rank}"
 
 
 def not_rank_zero() -> bool:
@@ -86,6 +93,7 @@ def _watch_class():
             import torch.distributed as dist
 
             _Failure.rank, _Failure.world_size = trainer.global_rank, trainer.world_size  # this run's, not the last's
+            _Failure.rank_zero_gone = False
             if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
                 return
             try:
@@ -146,7 +154,8 @@ def _watch_class():
             line = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:500]
             try:
                 self.store.set(f"{FAILED_KEY}{self.rank}", line)
-            except Exception:  # noqa: BLE001 - the store is gone (rank 0 ended): nobody is left to tell
+            except Exception:  # noqa: BLE001 - the store is gone: rank 0 ended, and this rank's error follows from it
+                _Failure.rank_zero_gone = self.rank != 0
                 return
             # wait until every other rank reported it (or failed itself, or ended): they exit on their own, and this
             # rank must not exit first — Lightning's observer on rank 0 kills rank 0 silently once a child exits

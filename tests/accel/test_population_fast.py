@@ -131,6 +131,18 @@ def test_stacked_actor_acts_as_each_members_network(space, layout):
                                            rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("space", [("discrete", 3), ("continuous", 2)])
+def test_stacked_lean_distribution_parameters_are_each_members(space):
+    nets = members(3, space)
+    lean = StackedLean(stacked_params(nets), stacked_layout(nets), Clip(0.2), vf_coef=0.5, ent_coef=0.0,
+                       value_clip=None, normalize_advantages=True)
+    obs = torch.randn(3, 9, OBS, dtype=torch.float64)
+    params = lean.dist_params(obs)
+    for k, net in enumerate(nets):
+        ref = net.act(obs[k], deterministic=True).dist_params
+        torch.testing.assert_close(params[k], ref.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_stacked_actor_is_a_snapshot():
     nets = members(2, ("discrete", 3))
     params = stacked_params(nets)

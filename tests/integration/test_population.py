@@ -269,3 +269,22 @@ def test_each_member_is_a_wandb_run_of_its_own(make_cfg, tmp_path, monkeypatch, 
         assert len(list((out / f"member-{k}" / "wandb").glob("offline-run-*"))) == 1
         assert (out / f"member-{k}" / "csv" / "metrics.csv").is_file()
     assert pop.wandb_hint().count("offline-run-") == 2
+
+
+def test_minibatches_are_each_members_own_shuffles():
+    """Equal row counts (the stacked fast case) and unequal ones (padded, masked) draw what each member's own
+    MinibatchSampler draws, in order."""
+    from pglab.rollout.minibatches import MinibatchSampler
+    from pglab.rollout.population import MemberMinibatches
+
+    for sizes in ([12, 12, 12], [12, 7, 0]):
+        updates = MemberMinibatches([3, 4, 5], update_epochs=2, num_minibatches=3).draw(sizes)
+        for k, (seed, size) in enumerate(zip([3, 4, 5], sizes, strict=True)):
+            own = [] if size == 0 else [i for chunk in MinibatchSampler(size, 3, 2, torch.Generator().manual_seed(
+                seed)) for i in chunk]
+            for u, (index, mask) in enumerate(updates):
+                rows = int(mask[k].sum())
+                if u < len(own):
+                    assert torch.equal(index[k, :rows], own[u]) and rows == own[u].numel()
+                else:
+                    assert rows == 0

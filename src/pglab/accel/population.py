@@ -233,6 +233,18 @@ class StackedLean:
                 grad = torch.bmm(grad, self.params[w])
 
     @torch.no_grad()
+    def dist_params(self, obs: Tensor) -> Tensor:
+        """Every member's distribution parameters [P, R, ·] at ``obs`` [P, R, obs_dim] (the policy trunk and head
+        only; the current weights)."""
+        hw, hb = self.layout.head_linear
+        head_out = torch.baddbmm(self.params[hb].unsqueeze(1), self._trunk_forward(obs, self.layout.policy)[-1],
+                                 self._wt(hw))
+        if self.layout.log_std is None:
+            return self.layout.head.params_from_output(head_out)
+        log_std = self.params[self.layout.log_std].unsqueeze(1).expand_as(head_out)
+        return torch.cat([head_out, log_std], dim=-1)
+
+    @torch.no_grad()
     def __call__(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         layout, params = self.layout, self.params
         mask = batch["mask"]  # [P, B]

@@ -436,8 +436,8 @@ class PopulationLearner:
     @torch.no_grad()
     def post_update_kl(self, flat: dict[str, Tensor]) -> Tensor:
         """E[KL(π_old ‖ π_θ)] per member over its rollout's real rows (flat fields [P, R, ...]). [P]"""
-        if self.fast is not None:
-            params, _ = self._stacked_actor()._forward(flat["obs"])
+        if self.fast is not None:  # the policy's distribution only: its trunk and head, not the value's
+            params = self.fast.dist_params(flat["obs"])
             sums = (self.head.kl(flat["dist_params_old"], params) * flat["mask"]).sum(1)
         else:
             sums = self._kl(self.params, self.buffers, flat["obs"], flat["actions"], flat["dist_params_old"],

@@ -26,7 +26,7 @@ from pglab.rollout.collectors import _Buffers, _finished_episodes, _spaces
 from pglab.rollout.minibatches import MinibatchSampler
 
 __all__ = ["PopulationCollector", "member_batches", "flat_member", "stack_padded", "MemberMinibatches",
-           "merged_reset_seeds", "columnwise"]
+           "merged_reset_seeds", "columnwise", "all_member_batches"]
 
 FLAT_FIELDS = ("obs", "actions", "logp_old", "values_old", "dist_params_old", "advantages", "targets")
 
@@ -242,6 +242,11 @@ class MemberMinibatches:
             sampler = MinibatchSampler(size, self.num_minibatches, self.update_epochs, gen)
             per_member.append([index for chunk in sampler for index in chunk])
         count = max((len(m) for m in per_member), default=0)
+        if per_member and all(len(m) == count for m in per_member) and \
+                all(len({p.numel() for p in u}) == 1 for u in zip(*per_member, strict=True)):
+            # every member has every update, of one width (equal row counts): stacked directly, nothing masked
+            return [(torch.stack(picks), torch.ones(len(picks), picks[0].numel()))
+                    for picks in zip(*per_member, strict=True)]
         updates = []
         for i in range(count):
             picks = [m[i] if i < len(m) else torch.zeros(0, dtype=torch.long) for m in per_member]
@@ -253,6 +258,18 @@ class MemberMinibatches:
                 mask[k, : p.numel()] = 1.0
             updates.append((index, mask))
         return updates
+
+
+def all_member_batches(stacked: dict[str, Tensor], updates: list[tuple[Tensor, Tensor]]) -> list[dict[str, Tensor]]:
+    """``member_batches`` of every update at once (one gather per field for the whole rollout) when the updates
+    share one width; else one by one."""
+    if len({index.shape for index, _ in updates}) != 1:
+        return [member_batches(stacked, index, mask) for index, mask in updates]
+    index = torch.stack([i for i, _ in updates])  # [U, P, B]
+    rows = torch.arange(index.shape[1]).view(1, -1, 1)
+    gathered = {name: stacked[name][rows, index].unbind(0) for name in FLAT_FIELDS}
+    masks = (stacked["mask"][rows, index] * torch.stack([m for _, m in updates])).unbind(0)
+    return [{**{name: gathered[name][u] for name in FLAT_FIELDS}, "mask": masks[u]} for u in range(len(updates))]
 
 
 def member_batches(stacked: dict[str, Tensor], index: Tensor, mask: Tensor) -> dict[str, Tensor]:

@@ -36,9 +36,9 @@ from pglab.rollout.datamodule import NonFiniteRolloutError, check_rollout_finite
 from pglab.rollout.population import (
     MemberMinibatches,
     PopulationCollector,
+    all_member_batches,
     columnwise,
     flat_member,
-    member_batches,
     stack_padded,
 )
 from pglab.run.checks import ConfigError, check_combination, check_types
@@ -210,14 +210,15 @@ class Population:
         learner.start_rollout()
         stop = [not t or learner.members[k].failed is not None for k, t in enumerate(learner.trainable())]
         target_kl = learner.target_kl
-        for index, mask in self.minibatches.draw([f["obs"].shape[0] for f in flats]):
+        updates = self.minibatches.draw([f["obs"].shape[0] for f in flats])
+        for (_, mask), batch in zip(updates, all_member_batches(stacked, updates) if updates else [], strict=True):
             has_rows = mask.any(1).tolist()
             active = [not stop[k] and has_rows[k] and learner.members[k].failed is None for k in range(P)]
             if not any(active):
                 continue
             if _stop_signal() is not None:
                 break
-            applied, stats = learner.step(member_batches(stacked, index, mask), active)
+            applied, stats = learner.step(batch, active)
             if target_kl is not None and "approx_kl" in stats:
                 kls = stats["approx_kl"].tolist()
                 for k in range(P):

@@ -57,3 +57,29 @@ def test_optuna_sweep_whose_trials_all_fail_ends_with_the_summary(storage, tmp_p
     # each failure's line in the summary carries its reason, not only "this configuration cannot run:"
     reasons = [line for line in proc.stderr.splitlines() if line.startswith("       ConfigError:")]
     assert len(reasons) == 2 and all("env.id='NoSuchEnv-v0' is not a registered" in r for r in reasons), reasons
+
+
+def test_job_folder_names_are_capped_so_a_long_sweep_runs():
+    from pglab.run.hydra_callbacks import MAX_JOB_DIRNAME, job_dirname
+
+    assert job_dirname(3, "lam=0.9,seed=1") == "3_lam=0.9,seed=1"  # short names: Hydra's own
+    assert job_dirname(0, "") == "0"
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    a, b = job_dirname(12, long_a), job_dirname(12, long_b)
+    assert len(a.encode()) == len(b.encode()) == MAX_JOB_DIRNAME and a.startswith("12_xxx")
+    assert a != b  # the digest of the whole name tells apart names that share the kept prefix
+    assert len(job_dirname(1, "é" * 300).encode()) <= MAX_JOB_DIRNAME  # cut on a character boundary
+
+
+def test_a_sweep_whose_job_folder_name_would_pass_255_characters_runs(tmp_path):
+    # a dozen overrides (each is part of the job folder's name): Hydra's own name failed with "File name too long"
+    extra = ["env.normalize_obs=false", "env.normalize_reward=false", "learner.max_grad_norm=0.50000000000001",
+             "learner.adam_eps=0.0000100000000000001", "learner.vf_coef=0.50000000000001",
+             "learner.lr=0.000250000000000001", "learner.ent_coef=0.0000000000000001", "gamma=0.9900000000001"]
+    assert len(",".join(TINY + extra)) > 255
+    sweep = tmp_path / "sweep"
+    proc = _train("-m", *TINY, *extra, "seed=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "File name too long" not in proc.stderr and "1 of 1 jobs succeeded" in proc.stderr
+    (job,) = [p.parent.parent for p in sweep.glob("*/.hydra/overrides.yaml")]
+    assert job.name.startswith("0_") and len(job.name) <= 200 and (job / "csv" / "metrics.csv").is_file()

@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["JobSummary", "RunFolderGuard", "foreign_run", "earlier_sweep", "started_as_other_rank", "mark_failed",
-           "FAILED_MARKER"]
+           "FAILED_MARKER", "job_dirname"]
 
 FAILED_MARKER = "FAILED"
 _OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -36,6 +36,28 @@ def foreign_run(run_dir: str | Path, ckpt_path: str | None) -> str | None:
     return (f"{run_dir} holds another run ({', '.join(found)}), and a new run there would overwrite its config and "
             f"checkpoints and mix its metrics: {resume}; to start a new run, leave out hydra.run.dir (each launch "
             "gets a new folder) or choose a folder that does not exist yet")
+
+
+MAX_JOB_DIRNAME = 200  # bytes: file systems refuse names over 255, and a sweep's override list grows without bound
+
+
+def job_dirname(num, override_dirname: str) -> str:
+    """A multirun job's folder name (``hydra.sweep.subdir``): ``<num>_<overrides>``, cut to ``MAX_JOB_DIRNAME``
+    bytes with a digest of the whole name appended when longer (the full overrides are in the job's
+    ``.hydra/overrides.yaml``). Hydra's own ``${hydra.job.num}_${hydra.job.override_dirname}`` failed with
+    "File name too long" (a traceback, no summary) once a sweep had a dozen overrides: an Optuna trial's five
+    parameters and the command line's settings."""
+    import hashlib
+
+    name = f"{num}_{override_dirname}" if override_dirname else str(num)
+    raw = name.encode()
+    if len(raw) <= MAX_JOB_DIRNAME:
+        return name
+    return raw[:MAX_JOB_DIRNAME - 9].decode(errors="ignore") + "-" + hashlib.sha1(raw).hexdigest()[:8]
+
+
+if not OmegaConf.has_resolver("pglab.job_dir"):  # conf/train.yaml's hydra.sweep.subdir; Hydra imports this module
+    OmegaConf.register_new_resolver("pglab.job_dir", job_dirname)  # (callbacks) before any job folder is named
 
 
 def mark_failed(output_dir: str | Path, message: str) -> None:

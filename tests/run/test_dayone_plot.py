@@ -86,3 +86,16 @@ def test_a_shorter_budget_still_ends_early(tmp_path):
     runs = [plot.load_run(d, "rollout/episode_return", "env_steps") for d in plot.find_runs([str(tmp_path)])]
     g = plot.aggregate_curves(plot.Group("g", runs), points=11, resamples=50)
     assert g.count[0] == 2 and g.count[-1] == 1  # the 500-step run stops at 500: dashed beyond, honestly
+
+
+def test_runs_ending_within_a_rollout_of_each_other_end_together(tmp_path):
+    """Runs of one budget stop at slightly different env-step counts (autoreset rows are not counted): the curve
+    ends at the shortest one's end, with every run in it, and no run is said to be of a different length."""
+    for name, last in (("a", 10_000), ("b", 10_040), ("c", 10_090)):
+        _run_dir(tmp_path, name, "seed: 0\n", [f"{s},{s / 10},{s}\n" for s in [*range(100, 10_000, 100), last]])
+    runs = [plot.load_run(d, "rollout/episode_return", "env_steps") for d in plot.find_runs([str(tmp_path)])]
+    assert not plot.ends_differ(runs)
+    g = plot.aggregate_curves(plot.Group("g", runs), points=10, resamples=50)
+    assert g.grid[-1] == 10_000.0 and (g.count == 3).all()
+    (row,) = plot.score_table([g], resamples=50)
+    assert "Runs of different length" not in plot.format_table([row], "m", 0.1, 50)

@@ -29,9 +29,11 @@ Statistics (following Agarwal et al., 2021, "Deep RL at the edge of the statisti
   earliest first x to the *longest* run's end. A run covers its x range from its first point of the metric to its
   last row of any metric (it ran until then): where the metric was not logged again at the end (e.g. no CartPole
   episode of 500 steps finished in the last rollouts), its last value is held, so runs of one budget end together.
-  At each grid point the IQM is over the runs that cover it; the band needs at least 2 of them and is dropped where
-  fewer remain. Where fewer than all of the group's runs contribute (shorter runs have ended), the curve is dashed
-  and ``n=k`` marks where the count changes.
+  Runs that end within one logged interval of each other (one budget: the env-step counts differ by part of a
+  rollout) end the curve at the shortest one's end, and runs whose first points are as close start it at the
+  latest of them. At each grid point the IQM is over the runs that cover it; the band needs at least 2 of them and
+  is dropped where fewer remain. Where fewer than all of the group's runs
+  contribute (shorter runs have ended), the curve is dashed and ``n=k`` marks where the count changes.
 - **Merged runs**: the command warns when a group holds runs whose configs differ in more than the seed (keys other
   than the grouping keys, where and how a run was recorded left out): one curve would average different
   configurations; add the keys it names to ``--group-by``.
@@ -357,13 +359,38 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
     return [Group(label, members) for label, members in sorted(groups.items())]
 
 
+def _end_tolerance(runs: Sequence[Run]) -> float:
+    """How far apart runs of one budget may end: less than one logged interval (the smallest of the runs' median
+    gaps) and at most 2% of the x span."""
+    gaps = [float(np.median(np.diff(r.x))) for r in runs if r.x.size > 1]
+    span = max(r.last_x for r in runs) - min(float(r.x[0]) for r in runs)
+    return min(min(gaps), 0.02 * span) if gaps else 0.0
+
+
+def ends_differ(runs: Sequence[Run]) -> bool:
+    """Whether the runs end apart by more than ``_end_tolerance`` (a shorter budget, a run stopped early); runs of
+    one budget end within part of a rollout of each other (the env-step counter skips autoreset rows)."""
+    runs = [r for r in runs if r.x.size]
+    ends = [r.last_x for r in runs]
+    return bool(ends) and max(ends) - min(ends) > _end_tolerance(runs)
+
+
+def common_end(runs: Sequence[Run]) -> float:
+    """The x a group's curve ends at: the longest run's end, or the shortest's when they end together."""
+    ends = [r.last_x for r in runs]
+    return max(ends) if ends_differ(runs) else min(ends)
+
+
 def aggregate_curves(group: Group, points: int = 200, resamples: int = 2000, seed: int = 0) -> Group:
     """IQM and bootstrap band per point of a grid up to the longest run, over the runs that cover each point.
 
     The grid spans [earliest first x, latest last x]; a run contributes (linearly interpolated) where the grid point
     lies within its own logged x range. The band is NaN where fewer than 2 runs contribute."""
-    lo = min(float(r.x[0]) for r in group.runs)
-    hi = max(r.last_x for r in group.runs)
+    starts = [float(r.x[0]) for r in group.runs]
+    # runs whose first points lie within the same tolerance start together (at the latest of them): no dashed
+    # stub where the first rollouts' episodes ended at slightly different env steps
+    lo = max(starts) if max(starts) - min(starts) <= _end_tolerance(group.runs) else min(starts)
+    hi = common_end(group.runs)
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
     ys = np.full((len(group.runs), grid.size), np.nan)
     for i, r in enumerate(group.runs):
@@ -394,6 +421,7 @@ class ScoreRow:
     ci_high: float
     seeds: int | None = None
     last_x: tuple[float, float] | None = None   # (min, max) of the runs' last x
+    uneven: bool = False                          # the runs end more than one logged interval apart
 
 
 def score_table(groups: Sequence[Group], last_frac: float = 0.1, resamples: int = 2000,
@@ -405,7 +433,7 @@ def score_table(groups: Sequence[Group], last_frac: float = 0.1, resamples: int 
         low, high = bootstrap_ci(scores, iqm, resamples=resamples, seed=seed)
         ends = [r.last_x for r in g.runs if r.x.size]
         rows.append(ScoreRow(g.label, len(scores), iqm(scores), float(scores.mean()), low, high, seed_count(g.runs),
-                             (min(ends), max(ends)) if ends else None))
+                             (min(ends), max(ends)) if ends else None, ends_differ(g.runs)))
     return rows
 
 
@@ -423,7 +451,7 @@ def format_table(rows: Sequence[ScoreRow], metric: str, last_frac: float, resamp
     for r in rows:
         seeds = "n/a" if r.seeds is None else str(r.seeds)
         lines.append(f"| {r.group} | {r.runs} | {seeds} | {r.iqm:.2f} | {r.mean:.2f} | {_ci(r.ci_low, r.ci_high)} |")
-    uneven = [r for r in rows if r.last_x and r.last_x[0] != r.last_x[1]]
+    uneven = [r for r in rows if r.last_x and r.uneven]
     if uneven:
         lines += ["", f"Runs of different length (each scored at its own end), last `{x_key}`: "
                   + "; ".join(f"{r.group}: {_si(r.last_x[0])} to {_si(r.last_x[1])}" for r in uneven) + "."]
@@ -583,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
     table = format_table(rows, args.metric, args.last_frac, args.resamples, args.x)
     for r in rows:
-        if r.last_x and r.last_x[0] != r.last_x[1]:
+        if r.last_x and r.uneven:
             print(f"pglab.tools.plot: {r.group}: runs end at {args.x} {_si(r.last_x[0])} to {_si(r.last_x[1])}; "
                   "the curve beyond the shortest is over the runs still going (dashed), the table scores each run at "
                   "its end",

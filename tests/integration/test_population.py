@@ -288,3 +288,8 @@ def test_minibatches_are_each_members_own_shuffles():
                     assert torch.equal(index[k, :rows], own[u]) and rows == own[u].numel()
                 else:
                     assert rows == 0
+
+
+def test_lean_asked_for_but_not_covered_is_refused_with_the_fix(make_cfg):
+    with pytest.raises(ConfigError, match=r"stacked lean update does not cover.*ELU.*learner\.gradients=auto"):
+        build_population(make_cfg("population=2", "model.activation=elu", "learner.gradients=lean"))

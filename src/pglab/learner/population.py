@@ -35,6 +35,7 @@ fused Adam kernel called per member row (its own step count and learning rate). 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ from pglab.core.surrogates import Surrogate
 from pglab.core.types import ActOutput, Batch
 from pglab.learner.loss import LossSettings, minibatch_loss
 
-__all__ = ["PopulationLearner", "population_unsupported", "BATCH_FIELDS"]
+__all__ = ["PopulationLearner", "population_unsupported", "BATCH_FIELDS", "MemberState"]
 
 # the Batch fields a member's minibatch carries into the vmapped loss (each [P, B, ...])
 BATCH_FIELDS = ("obs", "actions", "logp_old", "values_old", "dist_params_old", "advantages", "targets", "mask")
@@ -205,6 +206,9 @@ class PopulationLearner:
         self.head = base.head
         self.members = [MemberState(seed=int(s)) for s in seeds]
         self.lrs = [float(lr)] * P
+        # each member's LR schedule: linear from fraction f0 at env step t0 to 0 at the budget; (0, 1.0) unless a
+        # resumed member's budget changed (``load_state_dict``: it goes on from the fraction it had reached)
+        self.lr_anchors: list[tuple[int, float]] = [(0, 1.0)] * P
         self._act = self._vmapped(_Act(base))
         self._value = self._vmapped(_Value(base))
         self._kl = self._vmapped(_KL(base))
@@ -319,7 +323,8 @@ class PopulationLearner:
     def lr_fraction(self, k: int) -> float:
         if not self.anneal_lr or self.total_env_steps <= 0:
             return 1.0
-        return max(0.0, (self.total_env_steps - self.members[k].env_steps) / self.total_env_steps)
+        t0, f0 = self.lr_anchors[k]
+        return _lr_fraction(self.members[k].env_steps, t0, f0, self.total_env_steps)
 
     def start_rollout(self) -> None:
         """Before a rollout's updates: each member's LR from its own env steps; the parameters to roll back to."""
@@ -443,3 +448,110 @@ class PopulationLearner:
             sums = self._kl(self.params, self.buffers, flat["obs"], flat["actions"], flat["dist_params_old"],
                             flat["mask"])
         return sums / flat["mask"].sum(1).clamp_min(1.0)
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def optimizer_state(self) -> dict[str, Tensor]:
+        """Every member's Adam state in one form whichever path runs: first and second moments [P, D] (row k is
+        member k's, laid out as ``flat``) and step counts [P] (0: the member has taken no step)."""
+        if self.fast is not None:
+            return {"exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone(),
+                    "steps": torch.stack([s.detach().clone().float() for s in self.adam_steps])}
+        exp_avg, exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
+        steps = torch.zeros(self.P, dtype=torch.float32)
+        for k, views in enumerate(self.views):
+            states = [self.optimizer.state.get(v) for v in views]
+            if not all(states):
+                continue  # no step taken yet
+            steps[k] = float(states[0]["step"])
+            exp_avg[k] = torch.cat([s["exp_avg"].reshape(-1) for s in states])
+            exp_avg_sq[k] = torch.cat([s["exp_avg_sq"].reshape(-1) for s in states])
+        return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "steps": steps}
+
+    def load_optimizer_state(self, state: dict[str, Tensor]) -> None:
+        """Inverse of ``optimizer_state`` (either path's state into either path)."""
+        exp_avg, exp_avg_sq, steps = state["exp_avg"], state["exp_avg_sq"], state["steps"]
+        if exp_avg.shape != self.flat.shape or exp_avg_sq.shape != self.flat.shape or steps.shape != (self.P,):
+            raise ValueError(f"the Adam state holds moments of shape {tuple(exp_avg.shape)} and {steps.numel()} step "
+                             f"counts; this population has parameters of shape {tuple(self.flat.shape)}")
+        if self.fast is not None:
+            with torch.no_grad():
+                self.exp_avg.copy_(exp_avg)
+                self.exp_avg_sq.copy_(exp_avg_sq)
+            for k in range(self.P):
+                self.adam_steps[k].fill_(float(steps[k]))
+            return
+        for k, views in enumerate(self.views):
+            for v in views:
+                self.optimizer.state.pop(v, None)
+            if float(steps[k]) == 0:
+                continue  # Adam initialises a member's state at its first step
+            offset = 0
+            for v in views:
+                size = v.numel()
+                self.optimizer.state[v] = {
+                    # fused Adam keeps the step as a float32 scalar on the parameter's device
+                    "step": torch.tensor(float(steps[k]), dtype=torch.float32, device=v.device),
+                    "exp_avg": exp_avg[k, offset: offset + size].reshape(v.shape).clone().to(v.device),
+                    "exp_avg_sq": exp_avg_sq[k, offset: offset + size].reshape(v.shape).clone().to(v.device)}
+                offset += size
+
+    def state_dict(self) -> dict:
+        """Everything a resumed population's learner needs: the members' parameters (``flat``) and buffers, Adam
+        state, counters and status (non-finite stop included), LR-schedule anchors and the budget they were for.
+        Tensors and plain values only (``torch.load(weights_only=True)`` reads it)."""
+        return {"names": list(self.names), "flat": self.flat.detach().clone(),
+                "buffers": {n: b.clone() for n, b in self.buffers.items()},
+                "adam": self.optimizer_state(),
+                "members": [dataclasses.asdict(m) for m in self.members],
+                "lr_anchors": [[int(t0), float(f0)] for t0, f0 in self.lr_anchors],
+                "total_env_steps": int(self.total_env_steps)}
+
+    def load_state_dict(self, state: dict) -> list[str]:
+        """Restore ``state_dict``'s state; returns notes for the user (an LR schedule that had reached 0 under an
+        earlier budget). A member whose budget is now larger than its env steps trains on; raises ValueError when
+        the members' seeds or networks differ from the checkpoint's."""
+        seeds = [int(m["seed"]) for m in state["members"]]
+        if seeds != [m.seed for m in self.members]:
+            raise ValueError(f"the checkpoint's members have seeds {seeds}, this population's "
+                             f"{[m.seed for m in self.members]}")
+        if list(state["names"]) != self.names or tuple(state["flat"].shape) != tuple(self.flat.shape):
+            raise ValueError(f"the checkpoint's networks differ from this population's (parameters "
+                             f"{list(state['names'])[:4]}... of {tuple(state['flat'].shape)}, here {self.names[:4]}... "
+                             f"of {tuple(self.flat.shape)})")
+        with torch.no_grad():
+            self.flat.copy_(state["flat"])
+            for n, b in self.buffers.items():
+                b.copy_(state["buffers"][n])
+        self.load_optimizer_state(state["adam"])
+        fields = {f.name for f in dataclasses.fields(MemberState)}
+        for m, saved in zip(self.members, state["members"], strict=True):
+            for key, value in saved.items():
+                if key in fields:
+                    setattr(m, key, value)
+        old_total = int(state.get("total_env_steps", self.total_env_steps))
+        anchors = [(int(t0), float(f0)) for t0, f0 in state.get("lr_anchors") or [(0, 1.0)] * self.P]
+        notes = []
+        for k, m in enumerate(self.members):
+            anchor = anchors[k]
+            if old_total != self.total_env_steps:
+                # another budget: go on from the fraction the old schedule had reached, down to 0 at the new one
+                reached = _lr_fraction(m.env_steps, *anchor, old_total)
+                if reached > 0 or not self.anneal_lr:
+                    anchor = (m.env_steps, reached)
+                else:  # the old schedule ended at 0: continuing it would train at lr 0, a silent no-op
+                    anchor = (0, 1.0)
+                    notes.append(f"member seed={m.seed}: the checkpoint's learning rate had annealed to 0 at its "
+                                 f"budget of {old_total} env steps; it anneals from "
+                                 f"lr·(1 − t/{self.total_env_steps}) instead")
+            self.lr_anchors[k] = anchor
+            m.finished = m.env_steps >= self.total_env_steps
+        self.lrs = [self.lr * self.lr_fraction(k) for k in range(self.P)]
+        self._actor = None
+        return notes
+
+
+def _lr_fraction(steps: int, t0: int, f0: float, total: int) -> float:
+    """Linear decay from fraction f0 at env step t0 to 0 at ``total`` (``PolicyGradientModule._lr_fraction``)."""
+    if total <= t0:
+        return 0.0
+    return max(0.0, f0 * (total - steps) / (total - t0))

@@ -438,6 +438,10 @@ def _kept_checkpoint(cfg: DictConfig, finite_only: bool = False) -> str | None:
 
 def _resume_note(cfg: DictConfig) -> str:
     """What a failed run leaves to resume from: the kept ``last.ckpt`` and the command, or that there is none."""
+    from pglab.run.population import is_population, kept_checkpoint_note
+
+    if is_population(cfg):  # a population's own checkpoint (issue 20)
+        return kept_checkpoint_note(cfg)
     kept = _kept_checkpoint(cfg)
     out = Path(cfg.paths.output_dir)
     if not kept and not_rank_zero():  # another node's own folder: rank 0 writes the checkpoints, in its folder

@@ -62,6 +62,11 @@ def online(monkeypatch):
 
 
 def test_wandb_answering_401_goes_offline_with_a_notice(tmp_path, monkeypatch, capsys, online):
+    import wandb
+
+    # wandb reads the environment once per process: set it up before WANDB_BASE_URL names the server, as an earlier
+    # run in the same process (the Python API, another test) does; the run must still talk to the server named now
+    wandb.setup()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unauthorized)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")

@@ -154,6 +154,9 @@ def _watch_class():
             line = f"{type(exception).__name__}: {exception}".strip().splitlines()[0][:500]
             try:
                 self.store.set(f"{FAILED_KEY}{self.rank}", line)
+                # a set is not answered (a write into a dead peer's socket can still succeed): this round trip is
+                # what finds out whether the store, and so rank 0, is still there
+                self.store.check([f"{FAILED_KEY}{self.rank}"])
             except Exception:  # noqa: BLE001 - the store is gone: rank 0 ended, and this rank's error follows from it
                 _Failure.rank_zero_gone = self.rank != 0
                 return
@@ -165,7 +168,8 @@ def _watch_class():
                 try:
                     waiting = {r for r in waiting if not (self.store.check([f"{ACK_KEY}{r}"]) or
                                                           self.store.check([f"{FAILED_KEY}{r}"]))}
-                except Exception:  # noqa: BLE001 - the store went away with rank 0: it has ended
+                except Exception:  # noqa: BLE001 - the store went away: rank 0 ended without acknowledging
+                    _Failure.rank_zero_gone = self.rank != 0
                     return
                 time.sleep(0.02)
             try:

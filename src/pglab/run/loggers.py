@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 __all__ = ["wandb_logger", "with_env_steps", "resolve_wandb_mode", "finish_wandb", "sync_hint", "CSVLogger",
-           "wandb_reachable", "resume_kwargs", "wandb_resume_notice"]
+           "wandb_reachable", "wandb_base_url", "resume_kwargs", "wandb_resume_notice"]
 
 WANDB_PROBE_TIMEOUT = 3.0  # seconds: how long an online run may wait to learn the server is unreachable
 WANDB_INIT_TIMEOUT = 30.0  # seconds: wandb.init's own limit once the server answered (its default is 90)
@@ -113,6 +113,22 @@ def wandb_resume_notice(logger_cfgs, wandb_id: str | None, resume_steps: int) ->
             f"{resume_steps} logged before this resume are the stale ones")
 
 
+def wandb_base_url() -> str:
+    """The W&B server a run talks to: $WANDB_BASE_URL, else the installed wandb's own default (it is not
+    api.wandb.ai for every wandb version). Read when a run starts and passed to ``wandb.init`` explicitly: wandb
+    reads the environment once per process, so a later run in the same process (the Python API, a test) would
+    otherwise talk to the first run's server."""
+    url = os.environ.get("WANDB_BASE_URL")
+    if url:
+        return url
+    try:
+        import wandb
+
+        return str(wandb.Settings().base_url)
+    except Exception:  # noqa: BLE001 - an unusable wandb install: fall back to W&B's public server
+        return "https://api.wandb.ai"
+
+
 def _has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -120,7 +136,8 @@ def _has_credentials() -> bool:
         auth = netrc.netrc(os.environ.get("NETRC", str(Path.home() / ".netrc")))
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
-    return any(auth.authenticators(host) for host in ("api.wandb.ai",))
+    hosts = dict.fromkeys(("api.wandb.ai", urlparse(wandb_base_url()).hostname))
+    return any(auth.authenticators(host) for host in hosts if host)
 
 
 def resolve_wandb_mode(mode: str | None) -> str:
@@ -136,13 +153,13 @@ def resolve_wandb_mode(mode: str | None) -> str:
 
 
 def wandb_reachable(timeout: float = WANDB_PROBE_TIMEOUT) -> bool:
-    """Whether the W&B server ($WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection and answers an HTTP
+    """Whether the W&B server (``wandb_base_url()``) accepts a TCP connection and answers an HTTP
     request (any status) within ``timeout`` each: a server that accepts connections and never answers made
     ``wandb.init`` wait 51 s before failing."""
     import urllib.error
     import urllib.request
 
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    base = wandb_base_url()
     url = urlparse(base)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -167,7 +184,7 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
         raise ImportError("logger=wandb needs the wandb package: pip install wandb (or use logger=csv)") from err
     resolved = resolve_wandb_mode(mode)
     if resolved == "online" and not wandb_reachable():
-        host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        host = urlparse(wandb_base_url()).hostname
         print(f"pglab: W&B server {host} is unreachable; logging offline instead (upload later with wandb sync)",
               file=sys.stderr)
         resolved = "offline"
@@ -191,7 +208,8 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
     tags = list(dict.fromkeys([*(tags or []), *override_tags()]))
     def make(mode: str):
         logger = WandbLogger(project=project, entity=entity, save_dir=save_dir, name=name, group=group,
-                             mode=mode, tags=tags, settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT), **extra)
+                             mode=mode, tags=tags, **extra,
+                             settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT, base_url=wandb_base_url()))
         # Lightning always passes wandb.init an `anonymous` argument that W&B ≥ 0.19 deprecates (a warning on every
         # run); pglab never uses anonymous mode, so the argument is dropped at its source
         logger._wandb_init.pop("anonymous", None)

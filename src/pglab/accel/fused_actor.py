@@ -16,12 +16,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pglab.accel import activations
 from pglab.accel.structure import MLPLayout
 from pglab.core.types import ActOutput
 
 __all__ = ["FusedActor", "fused_actor"]
 
-_ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
+_ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": activations.tanh, "relu": torch.relu}
 
 
 class FusedActor:

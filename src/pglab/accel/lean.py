@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.optim import optimizer as optim_module
 
+from pglab.accel import activations
 from pglab.accel.structure import MLPLayout, mlp_layout
 from pglab.core.surrogates import Surrogate
 from pglab.core.types import Batch
@@ -51,7 +52,7 @@ LEAN_FORMULAS = ("clip", "importance", "reinforce")
 # the derivative of each activation from its output h: tanh' = 1 − h², relu' = [h > 0]
 _ACTIVATION_BACKWARD = {"tanh": torch.ops.aten.tanh_backward,
                         "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)}
-_ACTIVATION_FORWARD = {"tanh": torch.tanh_, "relu": torch.relu_}
+_ACTIVATION_FORWARD = {"tanh": activations.tanh_, "relu": torch.relu_}  # tanh_: see accel/activations.py
 
 
 def lean_formula(surrogate: Surrogate) -> str | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pglab.accel import activations
 from pglab.accel.lean import lean_formula, unsupported
 from pglab.accel.structure import MLPLayout, mlp_layout
 from pglab.accel.verify import Verdict, _differs, synthetic_batch
@@ -42,7 +43,8 @@ from pglab.core.types import ActOutput
 __all__ = ["StackedLayout", "stacked_layout", "StackedActor", "StackedLean", "fast_unsupported", "verify_stacked",
            "stacked_adam_step"]
 
-_ACTIVATION = {"tanh": torch.tanh_, "relu": torch.relu_}  # in place, on the fresh output of a baddbmm
+# in place, on the fresh output of a baddbmm (tanh_: see accel/activations.py)
+_ACTIVATION = {"tanh": activations.tanh_, "relu": torch.relu_}
 _ACTIVATION_BACKWARD = {"tanh": torch.ops.aten.tanh_backward,
                         "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)}
 

@@ -6,8 +6,9 @@ env-step budgets.
     reinforce → reward_to_go → mean baseline → value baseline → nstep k ∈ {1, 5, 20} → gae λ ∈ {0, 0.9, 0.95, 1}
     → importance → kl_penalty → clip → grpo → gspo
 
-Each rung is a generated experiment config (``<sweep>/conf/experiment/ladder_<rung>.yaml``, on Hydra's search path)
-that names an ``algo`` preset and changes one thing:
+Each rung is a generated experiment config (``<sweep>/conf/experiment/ladder_<rung>.yaml``, on Hydra's search path;
+``ladder_<rung>__seed<k>.yaml`` is one seed of a rung trained as separate jobs) that names an ``algo`` preset and
+changes one thing:
 
 - rungs 1–4 (REINFORCE family): ``algo=reinforce``, ``reinforce_rtg``, ``reinforce_rtg baseline=mean``,
   ``reinforce_baseline`` — 8 whole episodes per update, the episode-sum loss of docs/theory.md §1;
@@ -18,14 +19,27 @@ that names an ``algo`` preset and changes one thing:
   ``surrogate=importance``, ``kl_penalty`` (adaptive β) and ``clip``;
 - rungs 15–16: the ``grpo`` and ``gspo`` presets.
 
+Seeds are trained as populations where pglab can (README, "Populations"): before the sweep every rung's config is
+composed for every env as its population job would compose it and handed to pglab's own start-up check
+(``pglab.run.population.check_population``). A rung it accepts trains its seeds as ONE job per env,
+``population=[0, 1, ...]`` (each seed a member, written to ``<job>/member-<k>/`` as a run of its own); a rung it
+refuses (today: the episode collector of the REINFORCE rungs and of GRPO/GSPO, adaptive-β ``kl_penalty``) trains
+one job per env and seed, as before. The probe needs seed 0's early / middle / late snapshots; whether population
+members keep ``checkpoint.snapshots`` is found out by training a population of 2 for two rollouts (seconds), and
+where they do not, the PPO-clip rung's seed 0 runs as a separate job and its other seeds as a population. The
+split and its reasons are printed, written to ``<sweep>/ladder_plan.json`` and stated in the report's header.
+
 Every job gets the same ``total_env_steps``, CSV logging, no periodic evaluation, and checkpoint snapshots. Then:
 
 1. curves and a final-score table with ``pglab.tools.plot`` (IQM over seeds of ``rollout/return_mean20`` with 95%
-   stratified-bootstrap CIs; final score = the metric's mean over the last 10% of a run's logged points),
-2. ``pglab.tools.probe`` on the PPO-clip run of seed 0 per env (early / middle / late snapshots): gradient variance
-   vs k and vs λ with the policy frozen,
+   stratified-bootstrap CIs; final score = the metric's mean over the last 10% of a run's logged points; population
+   members count as seeds like separate runs),
+2. ``pglab.tools.probe`` on the PPO-clip run of seed 0 per env (early / middle / late snapshots: the lowest seed
+   whose run kept them): gradient variance vs k and vs λ with the policy frozen,
 3. ``docs/ladder.md`` with the table, the figures (``docs/ladder/*.png``, ``docs/ladder/probe-<env>/``) and
-   sentences generated from the numbers (which rung beats which, and which differences the CIs cannot separate).
+   sentences generated from the numbers (which rung beats which, and which differences the CIs cannot separate);
+   a hand-written "### In words" section of the previous page is kept (marked: reread it against the new numbers),
+   and a last table gives every rung's job seconds per env (what a bigger budget would cost).
 
 Budget flags for a reduced version: ``--steps``, ``--seeds``, ``--envs``, ``--rungs``, ``--jobs``,
 ``--probe-batches``, ``--probe-reference-steps``. ``--sweep-dir DIR --skip-train`` re-aggregates a finished sweep.
@@ -128,21 +142,167 @@ def select_rungs(names: list[str] | None) -> list[Rung]:
     return sorted({r.name: r for r in chosen}.values(), key=lambda r: r.name)
 
 
-def train(args, rungs: list[Rung], sweep_dir: Path) -> float:
-    """One Hydra multirun over rungs × envs × seeds; returns its wall time in seconds."""
+@dataclass
+class Plan:
+    """How one rung trains its seeds: ``population`` seeds as one job per env (``population=[s0, ...]``, each seed
+    a member), ``separate`` seeds as one job per env and seed, and why."""
+    rung: Rung
+    population: list[int]
+    separate: list[int]
+    why: str
+
+    def jobs(self) -> list[str]:
+        """The generated experiment configs this rung's jobs run (one per job and env)."""
+        return ([f"ladder_{self.rung.name}"] if self.population else []) + \
+            [f"ladder_{self.rung.name}{SEED_SEP}{s}" for s in self.separate]
+
+    def describe(self) -> str:
+        parts = []
+        if self.population:
+            parts.append(f"population of seeds {_seed_list(self.population)}")
+        if self.separate:
+            parts.append(f"separate runs of seed{'s' if len(self.separate) > 1 else ''} {_seed_list(self.separate)}")
+        return " + ".join(parts)
+
+
+SEED_SEP = "__seed"  # ladder_<rung>__seed<k>: the experiment config of one separate seed job
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def common_overrides(args) -> list[str]:
+    """What every job of the study gets (and what the population check composes with)."""
+    every = max(1, args.steps // 256 // 4)  # ≈ 4 snapshots of a 256-step-per-epoch run (the probed PPO rung)
+    return [f"total_env_steps={args.steps}", "logger=csv", "eval.enabled=false", "checkpoint.snapshots=true",
+            f"checkpoint.every_n_epochs={every}"]
+
+
+def _compose(conf: Path, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pglab.run.train import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="ladder_check"):
+            return compose("train", overrides=[*overrides, f"hydra.searchpath=[file://{conf.resolve()}]"])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def population_refusal(rung: Rung, args, conf: Path, seeds: list[int]) -> str | None:
+    """pglab's own start-up check (``pglab.run.population.check_population``) on the rung's composed config for
+    every env of the study, as its population job would compose it: None when it accepts, else its reasons."""
+    from hydra.utils import instantiate
+
+    from pglab.run.checks import ConfigError
+    from pglab.run.population import check_population
+
+    reasons = []
+    for env in args.envs:
+        cfg = _compose(conf, [f"experiment=ladder_{rung.name}", f"env={env}",
+                              f"population=[{','.join(map(str, seeds))}]", *common_overrides(args)])
+        try:
+            check_population(cfg, instantiate(cfg.surrogate))
+        except ConfigError as err:
+            lines = [ln.strip().removeprefix("- ") for ln in str(err).splitlines()[1:] if ln.strip()]
+            for line in lines or [str(err)]:
+                if line not in reasons:
+                    reasons.append(line)
+    return "; ".join(reasons) or None
+
+
+def members_write_snapshots(args, rung: Rung, conf: Path) -> tuple[bool, str]:
+    """Whether population members keep ``checkpoint.snapshots`` (what the probe reads), found out by training a
+    population of 2 for two rollouts of ``rung`` in a temporary folder (seconds)."""
+    import tempfile
+
+    import pglab
+
+    with tempfile.TemporaryDirectory(prefix="ladder-snapshots-") as tmp:
+        overrides = [f"experiment=ladder_{rung.name}", f"env={args.envs[0]}", "population=2", "logger=csv",
+                     "eval.enabled=false", "checkpoint.snapshots=true", "checkpoint.every_n_epochs=1",
+                     "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp}",
+                     f"hydra.searchpath=[file://{conf.resolve()}]"]
+        cfg = _compose(conf, overrides)
+        per_rollout = int(cfg.env.num_envs) * int(cfg.collector.num_steps)
+        try:
+            pglab.train([*overrides, f"total_env_steps={2 * per_rollout}"])
+        except Exception as err:  # noqa: BLE001 - any failure means: no snapshots to rely on
+            return False, f"a population of 2 of {rung.name} failed to train ({type(err).__name__}: {err})"
+        snaps = sorted((Path(tmp) / "member-0" / "checkpoints").glob("snapshot-epoch=*.ckpt"))
+        kept = sorted(p.name for p in (Path(tmp) / "member-0" / "checkpoints").glob("*.ckpt"))
+    if snaps:
+        return True, f"population members keep snapshots (member-0 wrote {len(snaps)} in two rollouts)"
+    return False, ("population members do not keep checkpoint.snapshots (a population of 2 trained two rollouts "
+                   f"with checkpoint.every_n_epochs=1 and member-0 wrote {', '.join(kept) or 'no checkpoint'})")
+
+
+def plan(args, rungs: list[Rung], sweep_dir: Path) -> list[Plan]:
+    """Write the rung configs and split every rung's seeds into one population job per env or separate jobs, by
+    asking pglab's population check; the PPO-clip rung's seed 0 runs alone when the probe needs snapshots that
+    population members do not keep."""
     conf = sweep_dir / "conf" / "experiment"
     conf.mkdir(parents=True, exist_ok=True)
     for rung in rungs:
         (conf / f"ladder_{rung.name}.yaml").write_text(rung.experiment_yaml())
-    every = max(1, args.steps // 256 // 4)  # ≈ 4 snapshots of a 256-step-per-epoch run (the probed PPO rung)
-    cmd = [sys.executable, "-m", "pglab.run.train", "-m",
-           "experiment=" + ",".join(f"ladder_{r.name}" for r in rungs),
-           "env=" + ",".join(args.envs), "seed=" + ",".join(str(s) for s in range(args.seeds)),
-           f"total_env_steps={args.steps}", "logger=csv", "eval.enabled=false", "checkpoint.snapshots=true",
-           f"checkpoint.every_n_epochs={every}", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}",
-           f"hydra.searchpath=[file://{sweep_dir.resolve() / 'conf'}]", f"hydra.sweep.dir={sweep_dir}",
-           "hydra.sweep.subdir=${hydra.job.num}"]
-    print("ladder:", shlex.join(cmd), flush=True)
+    seeds = list(range(args.seeds))
+    plans = []
+    for rung in rungs:
+        if len(seeds) < 2:
+            plans.append(Plan(rung, [], seeds, "one seed: nothing to train together"))
+            continue
+        refusal = population_refusal(rung, args, conf.parent, seeds)
+        if refusal:
+            plans.append(Plan(rung, [], seeds, f"pglab refuses a population: {refusal}"))
+            continue
+        why = "pglab's population check accepts it"
+        if rung.name == PROBE_RUNG and not args.no_probe:
+            ok, note = members_write_snapshots(args, rung, conf.parent)
+            if not ok:
+                rest = seeds[1:]
+                pop, sep = (rest, [0]) if len(rest) > 1 else ([], seeds)
+                plans.append(Plan(rung, pop, sep, f"{why}; seed 0 runs alone for the probe's snapshots: {note}"))
+                continue
+            why += f"; the probe reads member-0's snapshots ({note})"
+        plans.append(Plan(rung, seeds, [], why))
+    for p in plans:  # the generated experiment config of every job: population seeds or one seed
+        base = p.rung.experiment_yaml()
+        if p.population:
+            (conf / f"ladder_{p.rung.name}.yaml").write_text(
+                base + f"population: [{_seed_list(p.population)}]   # one job per env, each seed a member\n")
+        for s in p.separate:
+            (conf / f"ladder_{p.rung.name}{SEED_SEP}{s}.yaml").write_text(base + f"seed: {s}\n")
+    (sweep_dir / "ladder_plan.json").write_text(json.dumps(
+        [{"rung": p.rung.name, "population": p.population, "separate": p.separate, "why": p.why} for p in plans],
+        indent=2) + "\n")
+    print_plan(plans)
+    return plans
+
+
+def print_plan(plans: list[Plan]) -> None:
+    pops = [p for p in plans if p.population]
+    seps = [p for p in plans if p.separate]
+    print(f"ladder: {len(pops)} rung(s) train their seeds as one population job per env: "
+          + (", ".join(f"{p.rung.name} [{_seed_list(p.population)}]" for p in pops) or "none"), flush=True)
+    print(f"ladder: {len(seps)} rung(s) train (some) seeds as separate jobs:", flush=True)
+    for p in seps:
+        print(f"  {p.rung.name} seeds [{_seed_list(p.separate)}]: {p.why}", flush=True)
+
+
+def train(args, plans: list[Plan], sweep_dir: Path) -> float:
+    """One Hydra multirun over the planned jobs × envs (population jobs first: they are the long ones); returns
+    its wall time in seconds."""
+    experiments = [e for p in plans if p.population for e in p.jobs()[:1]] + \
+        [e for p in plans for e in (p.jobs()[1:] if p.population else p.jobs())]
+    cmd = [sys.executable, "-m", "pglab.run.train", "-m", "experiment=" + ",".join(experiments),
+           "env=" + ",".join(args.envs), *common_overrides(args), "hydra/launcher=joblib",
+           f"hydra.launcher.n_jobs={args.jobs}", f"hydra.searchpath=[file://{sweep_dir.resolve() / 'conf'}]",
+           f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"]
+    print(f"ladder: {len(experiments) * len(args.envs)} jobs:", shlex.join(cmd), flush=True)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -151,14 +311,45 @@ def train(args, rungs: list[Rung], sweep_dir: Path) -> float:
     return wall
 
 
+def load_plan(sweep_dir: Path, rungs: list[Rung], runs) -> list[Plan]:
+    """The plan a sweep was trained with (``ladder_plan.json``); for a sweep from before populations, every seed
+    found was a separate job."""
+    by_name = {r.name: r for r in rungs}
+    path = sweep_dir / "ladder_plan.json"
+    if path.is_file():
+        return [Plan(by_name[d["rung"]], d["population"], d["separate"], d["why"])
+                for d in json.loads(path.read_text()) if d["rung"] in by_name]
+    return [Plan(r, [], sorted({int(x.lookup("seed")) for x in runs if rung_of(x) == r.name}),
+                 "a sweep from before populations (no ladder_plan.json)") for r in rungs]
+
+
+def job_times(sweep_dir: Path) -> list[dict]:
+    """Per job of the sweep: its experiment, env, members and seconds (its first file's mtime, Hydra's
+    ``.hydra/config.yaml`` at job start, to its last one's, the checkpoints written at the end)."""
+    jobs = []
+    for d in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        hydra_yaml = d / ".hydra" / "hydra.yaml"
+        if not hydra_yaml.is_file():
+            continue
+        choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+        mtimes = [p.stat().st_mtime for p in d.rglob("*") if p.is_file()]
+        members = sorted(d.glob("member-*"))
+        jobs.append({"job": int(d.name), "experiment": str(choices.get("experiment", "?")),
+                     "env": str(choices.get("env", "?")), "members": len(members) or 1,
+                     "seconds": max(mtimes) - (d / ".hydra" / "config.yaml").stat().st_mtime if mtimes else 0.0,
+                     "failed": (d / "FAILED").exists()})
+    return jobs
+
+
 # -- aggregation -----------------------------------------------------------------------------------------------
 def load_runs(sweep_dir: Path):
     from pglab.tools.plot import find_runs, load_run
 
     runs = []
     for d in find_runs([str(sweep_dir)]):
-        if (d / "FAILED").exists():
-            print(f"ladder: skipping failed job {d}: {(d / 'FAILED').read_text().strip()}", file=sys.stderr)
+        failed = next((f for f in (d / "FAILED", d.parent / "FAILED") if f.exists()), None)
+        if failed is not None:  # a population job's marker is in its members' parent folder
+            print(f"ladder: skipping failed job {d}: {failed.read_text().strip()}", file=sys.stderr)
             continue
         run = load_run(d, METRIC, "env_steps")
         if run.x.size:
@@ -167,7 +358,13 @@ def load_runs(sweep_dir: Path):
 
 
 def rung_of(run) -> str:
-    return str(run.choices.get("experiment", "?")).removeprefix("ladder_")
+    """The rung of a run: its experiment config, ``ladder_<rung>`` (a population job's members, or a sweep from
+    before populations) or ``ladder_<rung>__seed<k>`` (one separate seed job)."""
+    return rung_of_experiment(str(run.choices.get("experiment", "?")))
+
+
+def rung_of_experiment(experiment: str) -> str:
+    return experiment.removeprefix("ladder_").split(SEED_SEP, 1)[0]
 
 
 @dataclass
@@ -218,7 +415,13 @@ def run_probe(args, runs, sweep_dir: Path, fig_dir: Path) -> dict[str, Path]:
         candidates = [r for r in runs if str(r.lookup("env.id")) == env_id and rung_of(r) == PROBE_RUNG]
         if not candidates:
             continue
-        run = min(candidates, key=lambda r: r.lookup("seed"))
+        # the lowest seed with snapshots (early / middle / late): a population member's where members keep them,
+        # else the separate seed-0 job the plan split off; without any, the probe takes a last.ckpt
+        with_snapshots = [r for r in candidates if any((r.path / "checkpoints").glob("snapshot-epoch=*.ckpt"))]
+        run = min(with_snapshots or candidates, key=lambda r: r.lookup("seed"))
+        if not with_snapshots:
+            print(f"ladder: no {PROBE_RUNG} run of {env_id} kept snapshots: the probe reads {run.path}'s last.ckpt "
+                  "only", file=sys.stderr)
         probe_dir = fig_dir / f"probe-{env_id.split('-')[0].lower()}"
         cmd = [sys.executable, "-m", "pglab.tools.probe", f"run_dir={run.path}", f"output_dir={probe_dir}",
                f"batches={args.probe_batches}", f"batch_steps={args.probe_batch_steps}",
@@ -308,9 +511,71 @@ def probe_summary(probe_dir: Path) -> list[str]:
     return lines
 
 
+HAND_WRITTEN = "### In words"
+KEPT_NOTE = ("<!-- written by hand after reading the tables and the probe; benchmarks/ladder.py keeps this section "
+             "when it regenerates the page: check its numbers against the run above -->")
+
+
+def hand_written(out: Path) -> list[str]:
+    """The hand-written section ("### In words ...") of a previous page, up to the next ``## `` heading."""
+    if not out.is_file():
+        return []
+    lines = out.read_text().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(HAND_WRITTEN)), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = [ln for ln in lines[start:end] if ln != KEPT_NOTE]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return [kept[0], "", KEPT_NOTE, *kept[1:], ""]
+
+
+def how_it_ran(plans: list[Plan]) -> list[str]:
+    """The header's account of the split: which rungs trained as populations, which as separate jobs and why."""
+    pops = [p for p in plans if p.population]
+    seps = [p for p in plans if p.separate]
+    whys = {p.why for p in seps}
+    if not pops and len(whys) == 1:
+        return [f"Every rung trained each seed as a separate job ({whys.pop()}).", ""]
+    lines = [f"Populations: {len(pops)} of {len(plans)} rungs trained their seeds as one job per env with "
+             "`population=[…]` (each seed a member, in `member-<k>/` of the job folder; `pglab.run.population`'s "
+             "start-up check accepts them): "
+             + (", ".join(f"{p.rung.name} [{_seed_list(p.population)}]" for p in pops) or "none") + ".", ""]
+    if seps:
+        lines += ["Separate jobs (one per env and seed), and why:", ""]
+        lines += [f"- {p.rung.name}, seed{'s' if len(p.separate) > 1 else ''} {_seed_list(p.separate)}: {p.why}."
+                  for p in seps]
+        lines.append("")
+    return lines
+
+
+def job_table(plans: list[Plan], jobs: list[dict]) -> list[str]:
+    """Per rung: how it trained and its jobs' seconds per env (summed), from the job folders' file times."""
+    if not jobs:
+        return []
+    envs = sorted({j["env"] for j in jobs})
+    lines = ["## Jobs and their times", "",
+             "Seconds per job from its folder's file times (Hydra's `.hydra/config.yaml` at start, the last file "
+             f"written at the end), summed per rung and env; {len(jobs)} jobs, run "
+             "side by side by the joblib launcher on a shared CPU, so a job's time includes its share of the "
+             "machine.", "",
+             "| rung | trained as | jobs per env | " + " | ".join(f"{e} (s)" for e in envs) + " |",
+             "|---|---|---:|" + "---:|" * len(envs)]
+    for p in plans:
+        mine = [j for j in jobs if rung_of_experiment(j["experiment"]) == p.rung.name]
+        per_env = {e: sum(j["seconds"] for j in mine if j["env"] == e) for e in envs}
+        lines.append(f"| {p.rung.name} | {p.describe()} | {len(mine) // len(envs)} | "
+                     + " | ".join(f"{per_env[e]:.0f}" for e in envs) + " |")
+    total = {e: sum(j["seconds"] for j in jobs if j["env"] == e) for e in envs}
+    lines += ["| all | | | " + " | ".join(f"{total[e]:.0f}" for e in envs) + " |", ""]
+    return lines
+
+
 def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, Path], sweep_dir: Path,
-                 wall: dict[str, float], reduced: bool) -> None:
+                 wall: dict[str, float], reduced: bool, plans: list[Plan], jobs: list[dict]) -> None:
     out = args.out
+    kept = hand_written(out)
     rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
     full_cmd = "make ladder   # = python benchmarks/ladder.py --steps 300000 --seeds 5 --envs cartpole acrobot"
     this_cmd = "python benchmarks/ladder.py " + " ".join(
@@ -327,8 +592,10 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
     lines += [f"Command: `{this_cmd}`.", "",
               "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items()) + "; total "
               f"{sum(wall.values()) / 60:.1f} min.", "",
-              f"Sweep folder: `{os.path.relpath(sweep_dir, ROOT)}` (one job per rung × env × seed; "
-              "`conf/experiment/ladder_*.yaml` there are the generated rung configs).", "",
+              *how_it_ran(plans),
+              f"Sweep folder: `{_shown(sweep_dir)}`, not committed ({len(jobs) or 'its'} jobs: one per population "
+              "rung × env and one per separate rung × env × seed; `conf/experiment/ladder_*.yaml` there are the "
+              "generated job configs, `ladder_plan.json` the split) — rerun the command to regenerate it.", "",
               "Score per run = mean of `rollout/return_mean20` (the mean return of the last 20 training episodes, "
               "undiscounted, raw rewards) over the last 10% of its logged points; per rung the IQM over seeds and its "
               "95% stratified-bootstrap CI (2000 resamples), from `pglab.tools.plot`. Every run has the same env-step "
@@ -343,7 +610,10 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
         for fig in figures:
             if fig.name.startswith(env_id.split("-")[0].lower()):
                 lines += [f"![{fig.stem}]({rel(fig)})", ""]
-    lines += ["## What the numbers show", "", *observations(rows), ""]
+    lines += ["## What the numbers show", "", *observations(rows), "", *kept]
+    if kept:
+        print(f"ladder: kept the hand-written '{HAND_WRITTEN}' section of {out}: its numbers are the previous "
+              "page's until someone rereads them against this run", file=sys.stderr)
     if probes:
         lines += ["## Gradient probe (pglab.tools.probe): variance against k and λ", "",
                   "The seed-0 PPO-clip run's snapshots (early / middle / late), the policy frozen; per configuration "
@@ -361,9 +631,15 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
                       f"Full table: [{rel(d / 'probe.md')}]({rel(d / 'probe.md')}).", "",
                       f"![variance vs k]({rel(d / 'variance_vs_k.png')})", "",
                       f"![variance vs lambda]({rel(d / 'variance_vs_lambda.png')})", ""]
+    lines += job_table(plans, jobs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print(f"ladder: report written to {out}")
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main(argv=None) -> int:
@@ -371,16 +647,26 @@ def main(argv=None) -> int:
     rungs = select_rungs(args.rungs)
     sweep_dir = args.sweep_dir or ROOT / "multirun" / time.strftime("ladder-%Y-%m-%d_%H-%M-%S")
     if not args.skip_train:
-        train(args, rungs, sweep_dir)
+        start = time.perf_counter()
+        plans = plan(args, rungs, sweep_dir)
+        (sweep_dir / "plan_wall_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+        train(args, plans, sweep_dir)
     elif not sweep_dir.is_dir():
         sys.exit(f"ladder: --skip-train needs an existing --sweep-dir, got {sweep_dir}")
-    wall_file = sweep_dir / "train_wall_s.txt"
-    wall = {"training sweep": float(wall_file.read_text()) if wall_file.is_file() else float("nan")}
+    wall = {}
+    if (sweep_dir / "plan_wall_s.txt").is_file():  # absent in sweeps from before populations
+        wall["population check"] = float((sweep_dir / "plan_wall_s.txt").read_text())
+    train_file = sweep_dir / "train_wall_s.txt"
+    wall["training sweep"] = float(train_file.read_text()) if train_file.is_file() else float("nan")
     start = time.perf_counter()
     runs = load_runs(sweep_dir)
     if not runs:
         sys.exit(f"ladder: no finished runs with {METRIC} under {sweep_dir}")
     fig_dir = args.out.parent / args.out.stem
+    if args.skip_train:
+        plans = load_plan(sweep_dir, rungs, runs)
+        print_plan(plans)
+    jobs = job_times(sweep_dir)
     rows, figures = aggregate(runs, rungs, fig_dir)
     wall["aggregation"] = time.perf_counter() - start
     if args.no_probe:  # keep (and report) probe results a previous invocation left
@@ -392,9 +678,12 @@ def main(argv=None) -> int:
         wall["probe"] = sum(ck["seconds"] for d in probes.values()
                             for ck in json.loads((d / "probe.json").read_text())["checkpoints"])
     reduced = (args.steps < 300_000 or args.seeds < 5 or set(args.envs) != set(ENV_IDS) or len(rungs) < len(RUNGS))
-    write_report(args, rows, figures, probes, sweep_dir, wall, reduced)
+    write_report(args, rows, figures, probes, sweep_dir, wall, reduced, plans, jobs)
     (fig_dir / "ladder.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": wall,
+         "plan": [{"rung": p.rung.name, "population": p.population, "separate": p.separate, "why": p.why}
+                  for p in plans],
+         "jobs": jobs,
          "rows": [{"env": r.env, "rung": r.rung.name, "seeds": r.seeds, "iqm": r.iqm, "mean": r.mean,
                    "ci": [r.low, r.high], "per_seed": r.per_seed} for r in rows]}, indent=2) + "\n")
     return 0

@@ -466,9 +466,18 @@ def _own_wandb_run(logger):
 
 
 def _stop_signal() -> int | None:
-    from pglab.run.train import _SignalState
+    """The SIGTERM / SIGINT recorded by pglab's handler. Under ``python -m pglab.run.train`` the handler is
+    ``__main__``'s (that module runs as ``__main__``, and ``import pglab.run.train`` is a second copy of it), so both
+    copies' records are read."""
+    import pglab.run.train
 
-    return _SignalState.signum
+    main = sys.modules.get("__main__")
+    main_state = getattr(main, "_SignalState", None) if getattr(getattr(main, "__spec__", None), "name", None) \
+        == "pglab.run.train" else None
+    for state in (pglab.run.train._SignalState, main_state):
+        if state is not None and state.signum is not None:
+            return state.signum
+    return None
 
 
 def _save_atomic(obj: dict, path: Path) -> None:

@@ -150,17 +150,23 @@ ARGS = [*TINY, "seed=3", "checkpoint.every_n_epochs=1"]
 def test_restored_members_equal_their_checkpoint_on_either_path(make_cfg, tmp_path):
     """Trained on the stacked fast path, restored on it and on the vmapped reference (learner.gradients may change on
     resume): each member's parameters equal its last.ckpt's, and its Adam moments and step count, counters,
-    minibatch generator and env steps equal the population checkpoint's."""
+    minibatch generator, normalisation statistics (each member's own vector env) and env steps equal the population
+    checkpoint's."""
+    from gymnasium.wrappers import vector as vw
+
+    from pglab.envs.make import find_wrapper
+
     out = tmp_path / "run"
-    _, code = run(make_cfg(*ARGS, "population=2", "total_env_steps=192", output_dir=out))
+    norm = ["env.normalize_obs=true", "env.normalize_reward=true"]
+    _, code = run(make_cfg(*ARGS, *norm, "population=2", "total_env_steps=192", output_dir=out))
     assert code == 0
     path = out / "checkpoints" / "population.ckpt"
     saved = load_checkpoint(path)
     state = saved["pglab"]["population"]
     assert state["learner"]["adam"]["steps"].tolist() == [m["updates"] for m in state["learner"]["members"]]
     for gradients in ("auto", "autograd"):
-        cfg, ckpt = resume_population(make_cfg(*ARGS, "population=2", "total_env_steps=384", f"ckpt_path={path}",
-                                               f"learner.gradients={gradients}", output_dir=out))
+        cfg, ckpt = resume_population(make_cfg(*ARGS, *norm, "population=2", "total_env_steps=384",
+                                               f"ckpt_path={path}", f"learner.gradients={gradients}", output_dir=out))
         pop = build_population(cfg)
         try:
             assert pop.learner.path == ("stacked" if gradients == "auto" else "reference")
@@ -173,6 +179,11 @@ def test_restored_members_equal_their_checkpoint_on_either_path(make_cfg, tmp_pa
                 assert m.env_steps == int(member["state_dict"]["env_steps"]) == int(saved["state_dict"]["env_steps"][k])
                 assert m.updates == member["pglab"]["updates"] > 0 and not m.finished  # the budget was raised
                 assert torch.equal(pop.minibatches.generators[k].get_state(), state["generators"][k])
+                obs_rms = find_wrapper(pop.envs[k], vw.NormalizeObservation).obs_rms
+                return_rms = find_wrapper(pop.envs[k], vw.NormalizeReward).return_rms
+                assert obs_rms.count == member["OnPolicyDataModule"]["obs_rms"]["count"] > 192
+                assert torch.equal(torch.as_tensor(obs_rms.mean), member["OnPolicyDataModule"]["obs_rms"]["mean"])
+                assert torch.equal(torch.as_tensor(return_rms.var), state["normalization"][k]["return_rms"]["var"])
                 # its LR schedule had reached 0 at the old budget: it anneals afresh to the new one (the single run's)
                 assert pop.learner.lr_fraction(k) == (384 - m.env_steps) / 384
             assert len(notes) == 2 and "annealed to 0" in notes[0]

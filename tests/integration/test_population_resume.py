@@ -212,6 +212,15 @@ def test_a_resume_that_does_not_match_the_checkpoint_is_refused_with_the_fix(mak
     assert is_population(cfg)
     with pytest.raises(ConfigError, match=rf"member 1's checkpoint.*ckpt_path={path}"):
         resume_population(cfg)
+    # the run folder names its population checkpoint too
+    _, ckpt = resume_population(make_cfg(*ARGS, "population=2", f"ckpt_path={out}", output_dir=tmp_path / "elsewhere"))
+    assert ckpt["pglab"]["population"]["seeds"] == [3, 4]
+    # a single run's checkpoint is not a population's
+    single = tmp_path / "single"
+    assert run(make_cfg(*ARGS, "total_env_steps=64", output_dir=single))[1] == 0
+    with pytest.raises(ConfigError, match=r"single run's checkpoint: resume it with population=1"):
+        resume_population(make_cfg(*ARGS, "population=2", f"ckpt_path={single / 'checkpoints' / 'last.ckpt'}",
+                                   output_dir=tmp_path / "elsewhere"))
 
 
 def test_a_population_job_whose_member_failed_is_a_failed_job_in_the_sweep_summary(tmp_path, wrappers):

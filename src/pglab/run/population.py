@@ -89,10 +89,11 @@ def is_population(cfg: DictConfig) -> bool:
 
 def population_checkpoint(ckpt_path) -> Path | None:
     """The population checkpoint ``ckpt_path`` names: the file (``<run>/checkpoints/population.ckpt``) or the run
-    folder that holds it; None when it names another file."""
+    folder that holds one; None when it names another file or a folder without one."""
     path = Path(str(ckpt_path))
     if path.is_dir():
         path = path / "checkpoints" / POPULATION_CKPT
+        return path if path.is_file() else None
     return path if path.name == POPULATION_CKPT else None
 
 
@@ -130,6 +131,9 @@ def resume_population(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
             "member's weights (for pglab.tools.evaluate and probe), not its optimizer and loop state. Resume the "
             f"whole population: ckpt_path={own} hydra.run.dir={own.parents[1]} with its population= setting")
     path = population_checkpoint(given)
+    if path is None and given.is_dir():
+        raise ConfigError(f"ckpt_path={given}: no population checkpoint in this folder (a population resumes from "
+                          f"<run>/checkpoints/{POPULATION_CKPT}; a stopped population prints it, with the command)")
     if path is None:
         raise ConfigError(
             f"ckpt_path={given}: a population resumes from its own checkpoint, <run>/checkpoints/{POPULATION_CKPT} "

@@ -619,7 +619,7 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
                   "The seed-0 PPO-clip run's snapshots (early / middle / late), the policy frozen; per configuration "
                   f"M = {args.probe_batches} independent batches of {args.probe_batch_steps} env steps, and a "
                   f"reference gradient from {args.probe_reference_steps:,} env steps of Monte-Carlo reward-to-go "
-                  "minus V (see `src/pglab/probe.py` for the definitions). Variance = trace of the covariance of "
+                  "minus V (see `src/pglab/tools/probe.py` for the definitions). Variance = trace of the covariance of "
                   "the batch gradients; bias = ‖mean of the M gradients − reference‖, given in noise floors "
                   "(√(var/M + var_ref/M_ref), what an unbiased estimator shows): well above 1 means a real bias. "
                   "The probe's numbers describe one frozen policy each, not training. Every batch starts from fresh "

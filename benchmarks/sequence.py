@@ -36,7 +36,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import pglab.envs.tokens  # noqa: F401  registers pglab/Reverse-v0 (the bare id works whatever envs.py resolves)
+import pglab.envs.tokens  # noqa: F401  registers pglab/Reverse-v0 (the bare id works whatever pglab.envs.make resolves)
 from pglab.run.train import CONFIG_DIR, build
 
 ROOT = Path(__file__).resolve().parents[1]

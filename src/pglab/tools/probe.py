@@ -519,7 +519,7 @@ def main(cfg: DictConfig) -> None:
     header = (f"# pglab.tools.probe\n\nPolicy-gradient estimates of frozen policies: variance = trace of the "
               "covariance "
               f"over M = {cfg.batches} batches, SNR = ‖mean‖²/variance, cosine and bias against a Monte-Carlo "
-              "reference gradient (definitions: `src/pglab/probe.py`).\n\n")
+              "reference gradient (definitions: `src/pglab/tools/probe.py`).\n\n")
     text = header + "\n".join(tables)
     print(text)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,18 @@
 """Activation kernels for the fast paths (pure torch).
 
-``tanh_`` is the fast paths' in-place tanh. On the CPU, torch's own ``tanh`` costs ≈ 2 ns per float32 element
-(its vectorised kernel keeps tanh's full accuracy), while ``sigmoid`` costs ≈ 0.2 ns: on the fast paths' largest
-activations (a minibatch through both trunks, or every member of a population) tanh was the single most expensive
-operator. So above ``SIGMOID_FORM_MIN_ELEMENTS`` elements on the CPU it is computed as the identity
+``tanh_`` is the fast paths' in-place tanh. On the CPU, torch's own ``tanh`` is several times dearer per float32
+element than ``sigmoid`` (its vectorised kernel keeps tanh's full accuracy; measured with
+``benchmarks/update_cost.py``, see docs/performance.md): on the fast paths' largest activations (a minibatch through
+both trunks, or every member of a population) tanh is the single most expensive operator. So above
+``SIGMOID_FORM_MIN_ELEMENTS`` elements on the CPU it is computed as the identity
 
     tanh(x) = 2 σ(2x) − 1
 
-in four in-place element-wise calls (≈ 0.45 ns per element); below it (one act call of a few envs) the four calls'
-dispatch costs more than they save, and torch's ``tanh_`` runs. The two agree to ≈ 2e-7 absolute in float32 (a
-few ulps of 0.5, the size of the differences a reordered matmul makes) and ≈ 4e-16 in float64; ±inf give ±1 and NaN
-stays NaN, as with tanh. ``tests/accel/test_activations.py`` checks both against ``torch.tanh``.
+in four in-place element-wise calls, still cheaper per element than ``tanh``; below it (one act call of a few
+envs) the four calls' dispatch costs more than they save, and torch's ``tanh_`` runs. The two agree to ≈ 2e-7
+absolute in float32 (a few ulps of 0.5, the size of the differences a reordered matmul makes) and ≈ 4e-16 in
+float64; ±inf give ±1 and NaN stays NaN, as with tanh. ``tests/accel/test_activations.py`` checks both against
+``torch.tanh``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SIGMOID_FORM_MIN_ELEMENTS = 4096  # measured break-even on a 2-core AVX-512 CPU: ≈ 3,000 elements
+SIGMOID_FORM_MIN_ELEMENTS = 4096  # above the measured break-even (benchmarks/update_cost.py; see docs/performance.md)
 
 
 def tanh_(x: Tensor) -> Tensor:

@@ -460,10 +460,11 @@ def clip_flat_(flat_grad: Tensor, max_norm: float | None, loss: Tensor) -> tuple
 def fused_adam_step(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.step()`` for a ``torch.optim.Adam(fused=True)`` as one call of its fused kernel.
 
-    ``Optimizer.step``'s Python wrapper (hooks, profiling, grouping by device and dtype) costs ~40 µs, more than
-    the kernel for a CartPole-sized network. This calls the same ``torch._fused_adam_`` with the group's settings
-    when that is all the step would do (plain Adam, one group, no hooks, state initialised); otherwise it calls
-    ``optimizer.step()``. Tested equal to ``optimizer.step()`` (tests/accel/test_lean_update.py)."""
+    ``Optimizer.step``'s Python wrapper (hooks, profiling, grouping by device and dtype) costs more than the
+    kernel for a CartPole-sized network (benchmarks/update_cost.py; see docs/performance.md). This calls the same
+    ``torch._fused_adam_`` with the group's settings when that is all the step would do (plain Adam, one group, no
+    hooks, state initialised); otherwise it calls ``optimizer.step()``. Tested equal to ``optimizer.step()``
+    (tests/accel/test_lean_update.py)."""
     if not _direct_adam_applies(optimizer):
         optimizer.step()
         return

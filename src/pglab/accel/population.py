@@ -4,8 +4,8 @@ layer for all members at once. Pure torch.
 Why. A population's members are tiny networks (CartPole: 64×64), so every operator call is dispatch overhead,
 not arithmetic (``benchmarks/update_cost.py``). The reference population (``pglab.learner.population``)
 vectorises the reference network with ``torch.func.vmap``, whose batching rules cost more per operator than the
-operator itself at these sizes (≈ 1.5 ms per vmapped act call, ≈ 7 ms per vmapped gradient). Here each operator
-of the single-network fast paths gets a leading member dim instead, so one call serves all P members:
+operator itself at these sizes (measured figures: docs/performance.md, "Populations"). Here each
+operator of the single-network fast paths gets a leading member dim instead, so one call serves all P members:
 
 - ``StackedActor``: the fused collection actor (``pglab.accel.fused_actor``) for P members: per layer one
   ``baddbmm`` over weights [P, in, out] (policy and value trunks block-diagonal side by side, as the fused actor

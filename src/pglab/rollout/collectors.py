@@ -4,7 +4,7 @@ Storage is preallocated, time-major tensors; the hot loop writes one row per ste
 ``info`` dict only on steps where some episode finished.
 
 Bootstrapping: ``values`` has T+1 rows. Row t holds V(obs_t) from the policy call that chose a_t; row T
-holds V(obs_T) from one extra value call after the loop. Under next-step autoreset (see ``envs.py``) the
+holds V(obs_T) from one extra value call after the loop. Under next-step autoreset (see ``pglab.envs.make``) the
 observation after an ending step is that episode's real final observation, so ``values[t+1]`` is exactly
 the truncation bootstrap of step t and, at the segment end, the cut bootstrap: ``next_values = values[1:]``.
 Termination is handled by the estimators, which drop the bootstrap where ``terminated``.
@@ -45,7 +45,7 @@ class _Buffers:
         self.terminated = np.zeros((T, N), dtype=bool)
         self.done = np.zeros((T, N), dtype=bool)
         self.valid = np.zeros((T, N), dtype=bool)
-        # row views made once: `rows[t].copy_(x)` costs ~1 µs where `tensor[t] = x` costs ~6 µs per call
+        # row views made once: `rows[t].copy_(x)` is several times cheaper per call than `tensor[t] = x`
         self._policy_rows = list(zip(self.actions.unbind(0), self.logp.unbind(0), self.values[:T].unbind(0),
                                      self.dist_params.unbind(0), strict=True))
         self._obs_rows = [torch.from_numpy(row) for row in self.obs]  # zero-copy tensors over the numpy rows

@@ -26,7 +26,7 @@ class EvalCallback(L.Callback):
     ``video_dir``: also record one episode of the same deterministic policy per evaluation, on a one-env copy of
     the env (needs moviepy): one clip of one env (``eval-step<env steps>.mp4``), as CleanRL and rl-zoo3 record,
     not a mosaic of every eval env; the statistics come from the unrecorded episodes. Rendering and encoding a
-    clip take seconds (a CartPole frame renders in 3-6 ms), so a recorder *process* does both, from a copy of the
+    clip take seconds (every frame is rendered), so a recorder *process* does both, from a copy of the
     policy's weights and the frozen statistics, while training goes on; a clip goes to W&B at the env steps of the
     evaluation it shows once written, and training waits at its end for the last one. The recorder keeps to
     ``video_share`` (10%) of training's time: when evaluations come faster than that, or while it is busy, an

@@ -52,7 +52,7 @@ class CSVLogger(_LightningCSVLogger):
 
     Lightning's flushes when ``(step + 1) % flush_logs_every_n_steps == 0``; pglab's step is the env-step count,
     which rarely satisfies that, so a killed run could lose most of its rows. A time-based flush appends only the
-    new rows (a few hundred µs), so the file is at most ``flush_seconds`` behind."""
+    new rows (a cheap write), so the file is at most ``flush_seconds`` behind."""
 
     def __init__(self, *args, flush_seconds: float = 10.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)

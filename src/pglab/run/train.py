@@ -180,8 +180,8 @@ class Built:
 def plain_partial(component):
     """A ``_partial_: true`` component as a plain ``functools.partial`` of the same target and arguments.
 
-    hydra-core 1.3.8 returns a partial subclass that re-validates its target policy on every call (~0.3 ms; the
-    estimator and the baseline are called once per rollout, 1.3 ms a rollout in all). The target was validated
+    hydra-core 1.3.8 returns a partial subclass that re-validates its target policy on every call (the estimator
+    and the baseline are called once per rollout, so that cost recurs every rollout). The target was validated
     when it was instantiated; what it returns here is a tensor, not a callable to authorise."""
     if isinstance(component, functools.partial) and type(component) is not functools.partial:
         return functools.partial(component.func, *component.args, **component.keywords)
@@ -321,7 +321,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
     """Train one configuration; returns the final logged metrics (floats) and the exit code (0, or 128 + signal)."""
     previous_handlers = install_signal_handlers()
     try:
-        # -- population (issue 20): population=P > 1 trains P seeds in one process; 1 is the single run below --
+        # -- population: population=P > 1 trains P seeds in one process; 1 is the single run below --
         from pglab.run.population import is_population, run_population
 
         if is_population(cfg):
@@ -440,7 +440,7 @@ def _resume_note(cfg: DictConfig) -> str:
     """What a failed run leaves to resume from: the kept ``last.ckpt`` and the command, or that there is none."""
     from pglab.run.population import is_population, kept_checkpoint_note
 
-    if is_population(cfg):  # a population's own checkpoint (issue 20)
+    if is_population(cfg):  # a population's own checkpoint
         return kept_checkpoint_note(cfg)
     kept = _kept_checkpoint(cfg)
     out = Path(cfg.paths.output_dir)

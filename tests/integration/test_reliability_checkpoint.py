@@ -72,6 +72,9 @@ PAYLOADS = {
     # through an allowed module to a foreign callable
     "via_allowed_module": lambda c, m: c["env"].__setitem__("wrappers", [{"_target_": "pglab.envs.make.importlib."
                                                                           "import_module", "name": "evilmod"}]),
+    # a pglab function that imports what it is given, named where the config is instantiated (the surrogate is)
+    "pglab_function_that_imports": lambda c, m: c.__setitem__("surrogate", {
+        "_target_": "pglab.envs.make.resolve_env_id", "env_id": "evilmod:CartPole-v1"}),
 }
 
 

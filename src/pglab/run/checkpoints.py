@@ -22,8 +22,10 @@ target the command line's own config names is the user's, not the file's).
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -89,14 +91,31 @@ def _trusted_extra() -> tuple[str, ...]:
     return tuple(m.strip() for m in os.environ.get(TRUSTED_ENV_VAR, "").split(",") if m.strip())
 
 
-def _target_problem(name: str, prefixes: tuple[str, ...]) -> str | None:
-    """Why ``name`` may not be resolved (None when it may)."""
+@functools.lru_cache(maxsize=1)
+def shipped_targets() -> frozenset[str]:
+    """Every ``_target_`` pglab's own configs name (``pglab/conf/**.yaml``): the pglab callables a checkpoint may name.
+
+    Being defined under ``pglab`` is not enough: some pglab functions import or call what they are given (e.g.
+    ``pglab.envs.make.resolve_env_id`` imports the module an env id names), so a checkpoint naming one of them in a
+    section that is instantiated would run foreign code through trusted code. A fork that adds a component with a
+    config file of its own under ``conf/`` is covered the same way."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    return frozenset(m.group(1) for f in conf.rglob("*.yaml")
+                     for m in re.finditer(r"_target_:\s*([A-Za-z_][\w.]*)", f.read_text(encoding="utf-8")))
+
+
+def _target_problem(name: str, prefixes: tuple[str, ...], extra: tuple[str, ...] = ()) -> str | None:
+    """Why ``name`` may not be resolved (None when it may). ``extra``: module prefixes the user trusts wholesale
+    (``PGLAB_TRUSTED_MODULES``)."""
     if not isinstance(name, str) or not name or any(not part.isidentifier() for part in name.split(".")):
         return "not a dotted Python name"
     if any(part.startswith("__") for part in name.split(".")):
         return "it reaches into dunder attributes"
     if not (_under(name, prefixes) or name in _TRUSTED_ALIASES):
         return "outside the modules pglab trusts"
+    if _under(name, ("pglab",)) and name not in shipped_targets() and not _under(name, extra):
+        return ("a pglab callable that none of pglab's own configs names (a checkpoint may name only the components "
+                "pglab's configs name)")
     # an allowed prefix is not enough: ``pglab.envs.make.importlib.import_module`` walks through an allowed module
     # to a foreign callable. Importing the allowed module is safe (trusted code); the object found must live there too
     from hydra._internal.utils import _locate
@@ -130,7 +149,7 @@ def check_stored_config(config: dict, path: str | Path, trusted: tuple[str, ...]
                                 f"({', '.join(TRUSTED_ENV_MODULES)})")
                 refused.append(name)
             continue
-        why = _target_problem(name, targets)
+        why = _target_problem(name, targets, _trusted_extra())
         if why:
             problems.append(f"{where} = {name!r}: {why}")
             refused.append(name)
@@ -139,7 +158,8 @@ def check_stored_config(config: dict, path: str | Path, trusted: tuple[str, ...]
         raise CheckpointError(
             f"{path}: its stored config names code that loading it would run, and a checkpoint is data, so pglab "
             "refuses it:\n  - " + "\n  - ".join(problems[:8]) + ("\n  - ..." if len(problems) > 8 else "") +
-            f"\n  pglab resolves only {', '.join(TRUSTED_TARGETS)} from a checkpoint. If you wrote this checkpoint "
+            "\n  pglab resolves only the components its own configs name, gymnasium's wrappers and Lightning's "
+            "trainer, loggers and callbacks from a checkpoint. If you wrote this checkpoint "
             f"and trust its code: name the module in {TRUSTED_ENV_VAR} (e.g. {TRUSTED_ENV_VAR}={module}), or, to "
             "resume, give the same settings explicitly on the command line")
 

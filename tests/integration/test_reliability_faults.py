@@ -92,9 +92,18 @@ def test_wandb_server_that_never_answers_goes_offline_with_a_notice(tmp_path, mo
     assert "unreachable" in capsys.readouterr().err
 
 
-def test_empty_wandb_mode_is_unset_not_a_bad_config_key(monkeypatch):
+def test_empty_wandb_mode_is_unset_not_a_bad_config_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "")
     assert resolve_wandb_mode(None) in ("online", "offline")
+    # a whole run with the default W&B logger and no credentials: offline, exit 0 (wandb itself refused the empty
+    # mode it read back from the environment when the hyperparameters were logged)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_SERVICE")}
+    env.update(WANDB_MODE="", WANDB_SILENT="true", NETRC=str(tmp_path / "no-netrc"))
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "total_env_steps=256", "eval.enabled=false",
+                           f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "run").glob("wandb/offline-run-*")), proc.stderr[-2000:]
 
 
 # -- an env that raises mid-run ------------------------------------------------------------------------------

@@ -183,6 +183,9 @@ def wandb_logger(project: str, save_dir: str, name: str, group: str, entity: str
     except ImportError as err:  # pragma: no cover - wandb is a core dependency
         raise ImportError("logger=wandb needs the wandb package: pip install wandb (or use logger=csv)") from err
     resolved = resolve_wandb_mode(mode)
+    if os.environ.get("WANDB_MODE") == "":
+        # unset, for pglab and for wandb itself, which reads the variable again and refuses an empty mode
+        del os.environ["WANDB_MODE"]
     if resolved == "online" and not wandb_reachable():
         host = urlparse(wandb_base_url()).hostname
         print(f"pglab: W&B server {host} is unreachable; logging offline instead (upload later with wandb sync)",

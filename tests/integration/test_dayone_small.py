@@ -67,6 +67,14 @@ def test_cli_refuses_an_unknown_learner_key_without_a_traceback(tmp_path):
     assert "total_env_steps" not in proc.stderr  # 1e5 is an integer budget
 
 
+def test_cli_refuses_a_budget_that_is_no_number_before_its_first_line(tmp_path):
+    # the first line prints the budget: it must come after the type check, not crash on int('abc')
+    proc = _train("total_env_steps=abc", "logger=none", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "total_env_steps must be an integer, got 'abc'" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
 # -- SLURM ---------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                     reason="hydra-submitit-launcher is the launchers extra")

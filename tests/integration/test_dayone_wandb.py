@@ -88,6 +88,7 @@ def test_groups_differ_by_config_and_not_by_seed():
     assert _group("seed=7") == base
     assert _group("learner.lr=3e-4") != base != _group("learner.lr=1e-4") != _group("learner.lr=3e-4")
     assert _group("trainer.enable_progress_bar=false", "logger=csv") == base  # how a run is watched is not what
+    assert _group("total_env_steps=1e5") == _group("total_env_steps=100000")  # one setting, two spellings
     grpo, drgrpo = _group("experiment=reverse_grpo"), _group("experiment=reverse_drgrpo")
     assert grpo.startswith("pglab-Reverse-v0-reverse_grpo-") and drgrpo.startswith("pglab-Reverse-v0-reverse_drgrpo-")
     # the warm start's seed is ${seed}: still one group over seeds

@@ -89,6 +89,17 @@ def preset(*, _root_=None) -> str:
     return choices.get("experiment") or choices.get("algo") or "run"
 
 
+def _same_numbers(node):
+    """Integer-valued floats as ints (``total_env_steps=1e5`` is read as 100000.0): equal settings, one digest."""
+    if isinstance(node, dict):
+        return {k: _same_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_same_numbers(v) for v in node]
+    if isinstance(node, float) and node.is_integer():
+        return int(node)
+    return node
+
+
 def config_digest(root) -> str:
     """Six hex digits of SHA-1 over the resolved config with the seed fixed and the recording keys removed.
 
@@ -106,7 +117,7 @@ def config_digest(root) -> str:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["trainer"] = trainer
     resolved["choices"] = {k: v for k, v in hydra_choices().items() if k not in ("logger", "trainer")}
-    text = json.dumps(resolved, sort_keys=True, default=str)
+    text = json.dumps(_same_numbers(resolved), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 

@@ -329,6 +329,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], int]:
         # -- end population --
         cfg, ckpt = prepare_resume(cfg)
         out = Path(cfg.paths.output_dir)
+        check_types(cfg)  # (again in build) before the first line reads the budget: `total_env_steps=abc` is refused
         announce(cfg, out)  # before W&B, envs and network: what runs and where it writes
         wandb_id, ckpt_choices, ckpt_world, resume_steps = None, None, None, None
         if ckpt is not None:

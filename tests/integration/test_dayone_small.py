@@ -100,10 +100,12 @@ def test_readme_slurm_example_composes_a_gpu_job():
 
 
 # -- Atari ---------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(importlib.util.find_spec("ale_py") is not None, reason="ale-py is installed")
-def test_atari_refusal_names_the_extra(make_cfg):
+def test_atari_refusal_names_the_extra(make_cfg, monkeypatch):
     from pglab.envs.atari import atari_wrapper
     from pglab.envs.make import resolve_env_id
+
+    # as without the atari extra, whether or not it is installed here (a None entry makes `import ale_py` fail)
+    monkeypatch.setitem(sys.modules, "ale_py", None)
 
     with pytest.raises(ValueError, match=r"pip install 'pglab\[atari\]'"):
         resolve_env_id("ale_py:ALE/Pong-v5")

@@ -58,6 +58,11 @@ def test_train_twice_in_one_process_gives_two_folders_and_refuses_bad_config(tmp
     assert first.metrics["env_steps"] >= 256
     with pytest.raises(ConfigError, match="value_head"):
         pglab.train(overrides=[*tiny, "estimator=gae", "model.value_head=false"])
+    # a folder that holds a run is refused before anything is written, as on the command line
+    stored = (first.output_dir / ".hydra" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="ckpt_path="):
+        pglab.train(overrides=[*tiny, "algo=a2c", f"hydra.run.dir={first.output_dir}"])
+    assert (first.output_dir / ".hydra" / "config.yaml").read_text() == stored
 
     # the policy normalises as training did: by hand from the checkpoint's statistics, then the network's mode
     policy = pglab.load_policy(first.checkpoint)

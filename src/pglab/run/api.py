@@ -69,13 +69,16 @@ def _own_hydra():
 def train(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> TrainResult:
     """Train one configuration; ``overrides`` are the command line's (``["algo=a2c", "total_env_steps=20000"]``).
 
-    Raises ``pglab.run.checks.ConfigError`` for a configuration that cannot run (with the fix), Hydra's own errors
+    Raises ``pglab.run.checks.ConfigError`` for a configuration that cannot run (with the fix) and for a run folder
+    (``hydra.run.dir=…``) that holds another run (as the command line refuses it), Hydra's own errors
     for an unknown key or option, and the run's ``NonFiniteError`` when training diverged. Sweeps (``a=1,2``) are
     the command line's ``-m``: call ``train`` once per configuration instead."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict, read_write
 
+    from pglab.run.checks import ConfigError
+    from pglab.run.hydra_callbacks import foreign_run
     from pglab.run.train import CONFIG_DIR, run
 
     overrides = [str(o) for o in overrides]
@@ -91,6 +94,10 @@ def train(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train
         task_cfg = copy.deepcopy(cfg)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
+        # the command line's RunFolderGuard, before anything is written: a folder holding another run is refused
+        problem = foreign_run(out, OmegaConf.select(task_cfg, "ckpt_path", default=None))
+        if problem:
+            raise ConfigError(problem)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.hydra.output_subdir is not None:
             hydra_out = out / str(cfg.hydra.output_subdir)

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -94,4 +96,38 @@ def test_signal_while_the_envs_are_built_exits_143_with_one_line(tmp_path, signa
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "pglab: stopped by SIGTERM before training started; nothing to save" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (the SigCgt mask of /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the handler mask from /proc")
+@pytest.mark.parametrize("entry", ["module", "console_script"])
+def test_signal_during_the_imports_exits_143_with_one_line(tmp_path, entry):
+    """SIGTERM as soon as the process handles it — in the seconds of importing torch and Lightning — is a stop
+    before training: one line, exit 143, not a silent death."""
+    out = tmp_path / "run"
+    code = ("from pglab.run.cli import main; import sys; sys.argv[0] = 'pglab-train'; main()"
+            if entry == "console_script" else None)
+    args = ["-c", code] if code else ["-m", "pglab.run.train"]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, *args, "total_env_steps=512", "logger=csv", f"hydra.run.dir={out}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _catches_sigterm(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # still importing: torch not loaded yet
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "pglab: stopped by SIGTERM before training started; nothing to save" in stderr
+    assert "Traceback" not in stderr
     assert not (out / "checkpoints").exists()

@@ -20,6 +20,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":  # `python -m pglab.run.train`: signals are handled from before the seconds of imports below
+    from pglab.run.cli import install_early_signal_handlers
+
+    install_early_signal_handlers()
+
 import hydra
 import lightning as L
 import torch

@@ -86,14 +86,18 @@ def test_slurm_multinode_ddp_composes():
 
     from pglab.run.train import CONFIG_DIR
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.accelerator=gpu",
-                                          "trainer.devices=4", "trainer.num_nodes=2"], return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-    assert cfg.trainer.strategy._target_ == "pglab.run.distributed.GradientAllReduceDDP"
-    assert cfg.trainer.num_nodes == launcher.nodes
-    assert cfg.trainer.devices == launcher.tasks_per_node
+    def launcher_for(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=["hydra/launcher=slurm_ddp", "trainer=ddp", *overrides],
+                          return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        assert cfg.trainer.strategy._target_ == "pglab.run.distributed.GradientAllReduceDDP"
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("SlurmLauncher")
+        return launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node
+
+    # the allocation follows the trainer: one task per device, GPUs only where the trainer uses them
+    assert launcher_for("trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2") == (2, 4, 4)
+    assert launcher_for("trainer.accelerator=gpu", "trainer.devices=2", "trainer.num_nodes=3") == (3, 2, 2)
+    assert launcher_for("trainer.devices=2") == (1, 2, 0)  # CPU DDP: two tasks, no GPU

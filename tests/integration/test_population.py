@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,11 +169,11 @@ def test_outputs_per_member_read_as_runs(make_cfg, tmp_path):
 @pytest.mark.parametrize("override, words", [
     ("trainer=ddp", "trainer=cpu"),
     ("collector.kind=episodes", "collector.kind=segments"),
-    ("surrogate=kl_penalty", "population=1"),
+    ("surrogate=grpo surrogate.beta=0.04 +aggregation=token_mean", "population=1"),  # a reference policy
 ])
 def test_refused_at_start_with_the_fix(make_cfg, override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
-        build_population(make_cfg("population=2", override))
+        build_population(make_cfg("population=2", *override.split()))
 
 
 # -- the stacked fast path (learner.gradients=auto) ------------------------------------------------------------------
@@ -293,3 +296,29 @@ def test_minibatches_are_each_members_own_shuffles():
 def test_lean_asked_for_but_not_covered_is_refused_with_the_fix(make_cfg):
     with pytest.raises(ConfigError, match=r"stacked lean update does not cover.*ELU.*learner\.gradients=auto"):
         build_population(make_cfg("population=2", "model.activation=elu", "learner.gradients=lean"))
+
+
+def test_adaptive_kl_penalty_runs_with_a_beta_per_member(tmp_path):
+    """algo=ppo_kl as a population: each member's β follows the PPO paper's rule on its own post-update KL,
+    replayed here from the member's own logged KLs."""
+    out = tmp_path / "pop"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "population=2", "algo=ppo_kl",
+                           "surrogate.target_kl=0.003", "total_env_steps=1500", "eval.enabled=false", "logger=csv", f"hydra.run.dir={out}",
+                           "trainer.enable_progress_bar=false"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    target = 0.003  # a target the members' KLs straddle (conf/surrogate/kl_penalty.yaml: initial β 1.0)
+    betas = []
+    for k in range(2):
+        (path,) = (out / f"member-{k}").rglob("metrics.csv")
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/beta")]
+        assert rows
+        beta = 1.0
+        for r in rows:
+            kl = float(r["train/kl_post_update"])
+            beta = beta / 2 if kl < target / 1.5 else beta * 2 if kl > 1.5 * target else beta
+            assert float(r["train/beta"]) == pytest.approx(beta)
+        betas.append([float(r["train/beta"]) for r in rows])
+    assert betas[0] != betas[1]  # two members, two KLs, two β histories

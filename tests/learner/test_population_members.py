@@ -177,3 +177,39 @@ def test_gaussian_head_log_std_is_per_member(kind, gradients):
     out = pop.act(torch.randn(2, 3, OBS))
     assert torch.allclose(out.dist_params[0, :, 2:], torch.tensor(-1.0))
     assert torch.allclose(out.dist_params[1, :, 2:], torch.tensor(0.0))
+
+
+def test_adaptive_beta_is_each_members_own():
+    """Each member's KL penalty adapts β to its own post-update KL (the PPO paper's rule, as a single run's
+    surrogate applies it), and its loss uses its own β: checked against one KLPenalty per member."""
+    from pglab.core.surrogates import KLPenalty
+
+    nets = policies()
+    pop = PopulationLearner(nets, KLPenalty(beta=1.0, target_kl=0.01), seeds=list(range(P)), anneal_lr=False)
+    assert pop.path == "reference"  # no lean formula for the KL penalty
+    kls = [0.001, 0.1, None]  # below target/1.5 (β halves), above 1.5·target (β doubles), no update this rollout
+    logged = pop.after_rollout(kls)
+    singles = [KLPenalty(beta=1.0, target_kl=0.01) for _ in range(P)]
+    for single, kl in zip(singles, kls, strict=True):
+        if kl is not None:
+            single.after_rollout(kl)
+    assert [float(s.beta) for s in singles] == [0.5, 2.0, 1.0]
+    assert pop.surrogate_buffers["beta"].tolist() == [0.5, 2.0, 1.0]  # shared state would give one value
+    assert [d.get("beta") for d in logged] == [0.5, 2.0, None]
+    # each member's gradient is its own loss's, with its own β
+    batch = batches()
+    grads, losses, stats = pop.gradients(batch)
+    for k in range(P):
+        net = copy.deepcopy(nets[k])
+        loss, _ = minibatch_loss(net, singles[k], member_batch(batch, k), LossSettings())
+        loss.backward()
+        torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-5, atol=1e-7)
+        for n, p in net.named_parameters():
+            torch.testing.assert_close(grads[n][k], p.grad, rtol=1e-5, atol=1e-7)
+    assert stats["beta"].tolist() == [0.5, 2.0, 1.0]
+    # and a resumed population goes on from each member's own β
+    restored = PopulationLearner(policies(), KLPenalty(beta=1.0, target_kl=0.01), seeds=list(range(P)),
+                                 anneal_lr=False)
+    restored.load_state_dict(pop.state_dict())
+    assert restored.surrogate_buffers["beta"].tolist() == [0.5, 2.0, 1.0]
+    assert [float(s.beta) for s in restored.surrogates] == [0.5, 2.0, 1.0]

@@ -69,9 +69,9 @@ def population_unsupported(surrogate: Surrogate, learner: dict) -> str | None:
         return "a surrogate with a frozen reference policy (GRPO with beta > 0): set population=1"
     if surrogate.needs_whole_episodes:
         return "a surrogate on whole-episode minibatches (GSPO, episode aggregation): set population=1"
-    if any(True for _ in surrogate.buffers()) or any(True for _ in surrogate.parameters()):
-        return (f"a surrogate with state of its own ({type(surrogate).__name__}: e.g. adaptive beta), which would be "
-                "shared by the members: set population=1, or a fixed-beta/clip surrogate")
+    if any(True for _ in surrogate.parameters()):
+        return (f"a surrogate with learnable parameters ({type(surrogate).__name__}), which the members' optimisers "
+                "do not train: set population=1")
     if learner.get("clip_per_group"):
         return "learner.clip_per_group=true: set it to false (population clipping is per member, jointly)"
     if learner.get("compile"):
@@ -109,14 +109,14 @@ class _Loss(nn.Module):
     def __init__(self, policy: nn.Module, surrogate: Surrogate, settings: LossSettings) -> None:
         super().__init__()
         self.policy = policy
-        self._fixed = (surrogate, settings)  # a tuple: the surrogate is no submodule of this (its state is refused)
+        self.surrogate = surrogate  # a submodule: each member's surrogate buffers (adaptive β) are swapped in
+        self._settings = settings
 
     def forward(self, obs, actions, logp_old, values_old, dist_params_old, advantages, targets, mask):
-        surrogate, settings = self._fixed
         batch = Batch(obs=obs, actions=actions, logp_old=logp_old, values_old=values_old,
                       dist_params_old=dist_params_old, advantages=advantages, targets=targets, mask=mask,
                       episode_ids=torch.zeros(mask.shape, dtype=torch.long), num_episodes=1)
-        return minibatch_loss(self.policy, surrogate, batch, settings)
+        return minibatch_loss(self.policy, self.surrogate, batch, self._settings)
 
 
 class _KL(nn.Module):
@@ -212,10 +212,16 @@ class PopulationLearner:
         self._act = self._vmapped(_Act(base))
         self._value = self._vmapped(_Value(base))
         self._kl = self._vmapped(_KL(base))
-        loss_module = _Loss(base, surrogate, self.settings)
+        # each member's own surrogate (its adaptive β, a buffer): stepped by ``after_rollout`` with its own KL, and
+        # swapped into the vmapped loss as a stacked buffer [P, ...]
+        self.surrogates = [copy.deepcopy(surrogate) for _ in range(P)]
+        self.surrogate_buffers: dict[str, Tensor] = {}
+        self._stack_surrogate_buffers()
+        loss_module = _Loss(base, copy.deepcopy(surrogate), self.settings)
 
-        def member_loss(p, b, *fields):
-            loss, stats = functional_call(loss_module, (self._prefixed(p), self._prefixed(b)), fields)
+        def member_loss(p, b, sb, *fields):
+            tensors = (self._prefixed(p), self._prefixed(b), {f"surrogate.{k}": v for k, v in sb.items()})
+            loss, stats = functional_call(loss_module, tensors, fields)
             return loss, (loss.detach(), stats)
 
         self._grad = vmap(grad_and_value(member_loss, has_aux=True))
@@ -343,8 +349,21 @@ class PopulationLearner:
         if self.fast is not None:
             grads, losses, diagnostics = self.fast(batch)
             return grads, losses, self.fast.named(diagnostics)
-        grads, (_, (losses, stats)) = self._grad(self.params, self.buffers, *(batch[f] for f in BATCH_FIELDS))
+        grads, (_, (losses, stats)) = self._grad(self.params, self.buffers, self.surrogate_buffers,
+                                                 *(batch[f] for f in BATCH_FIELDS))
         return grads, losses, stats
+
+    def _stack_surrogate_buffers(self) -> None:
+        names = [n for n, _ in self.surrogates[0].named_buffers()]
+        self.surrogate_buffers = {n: torch.stack([dict(s.named_buffers())[n].detach().clone()
+                                                  for s in self.surrogates]) for n in names}
+
+    def after_rollout(self, kls: list[float | None]) -> list[dict[str, float]]:
+        """Each member's surrogate adapts to its own post-update KL (``Surrogate.after_rollout``: adaptive β);
+        ``None`` for a member that made no update this rollout. Returns what each member logs (``train/<key>``)."""
+        out = [{} if kl is None else self.surrogates[k].after_rollout(kl) for k, kl in enumerate(kls)]
+        self._stack_surrogate_buffers()
+        return out
 
     def clip(self, grads: dict[str, Tensor]) -> Tensor:
         """Clip each member's gradient to its own global norm ``max_norm`` in place (torch's ``clip_grad_norm_``
@@ -504,7 +523,8 @@ class PopulationLearner:
                 "adam": self.optimizer_state(),
                 "members": [dataclasses.asdict(m) for m in self.members],
                 "lr_anchors": [[int(t0), float(f0)] for t0, f0 in self.lr_anchors],
-                "total_env_steps": int(self.total_env_steps)}
+                "total_env_steps": int(self.total_env_steps),
+                "surrogates": {n: b.clone() for n, b in self.surrogate_buffers.items()}}
 
     def load_state_dict(self, state: dict) -> list[str]:
         """Restore ``state_dict``'s state; returns notes for the user (an LR schedule that had reached 0 under an
@@ -522,6 +542,10 @@ class PopulationLearner:
             self.flat.copy_(state["flat"])
             for n, b in self.buffers.items():
                 b.copy_(state["buffers"][n])
+            for n, stacked in (state.get("surrogates") or {}).items():  # each member's adaptive β
+                for k, s in enumerate(self.surrogates):
+                    dict(s.named_buffers())[n].copy_(stacked[k])
+        self._stack_surrogate_buffers()
         self.load_optimizer_state(state["adam"])
         fields = {f.name for f in dataclasses.fields(MemberState)}
         for m, saved in zip(self.members, state["members"], strict=True):

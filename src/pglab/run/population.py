@@ -20,7 +20,8 @@ the checkpoint's algorithm, env and model; each member's CSV rows past its check
 episodes from seeds moved past the original start; a population of other seeds than the checkpoint's refused.
 
 Not covered (refused at start-up or said at start-up): DDP (one process trains the whole population), the episode
-collector, surrogates with state or a reference policy, eval callbacks.
+collector, surrogates with a reference policy (GRPO with β > 0) or on whole episodes (GSPO), eval callbacks. A surrogate
+with state of its own (adaptive-β KL penalty) has one per member, adapted to that member's KL.
 """
 
 from __future__ import annotations
@@ -401,6 +402,9 @@ class Population:
         learner.check_parameters()
         kl = learner.post_update_kl(stacked).tolist()
         member_stats = learner.take_stats()
+        # each member's surrogate adapts to its own KL (adaptive β), as a single run's does after its rollout
+        adapted = learner.after_rollout([kl[k] if trainable[k] and learner.members[k].updates > 0
+                                         and flats[k]["obs"].shape[0] > 0 else None for k in range(P)])
         elapsed = time.perf_counter() - start
         rows = []
         for k in range(P):
@@ -411,6 +415,7 @@ class Population:
             metrics = {f"train/{key}": value for key, value in member_stats[k].items()}
             if m.updates > 0 and flats[k]["obs"].shape[0] > 0:
                 metrics["train/kl_post_update"] = kl[k]
+            metrics.update({f"train/{key}": value for key, value in adapted[k].items()})
             metrics["train/skipped_updates"] = float(m.skipped_updates)
             metrics["train/skipped_rollouts"] = float(m.skipped_rollouts)
             r = rollouts[k]

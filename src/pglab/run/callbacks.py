@@ -150,7 +150,8 @@ class EvalCallback(L.Callback):
                 from concurrent.futures import ProcessPoolExecutor
 
                 # spawn: a fork would copy this process's threads (W&B, the data loader) and their locks
-                self._recorder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                self._recorder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=_lower_priority)
             self._in_flight = (self._recorder.submit(record_clip, *job), step, job, time.monotonic())
 
     def _log_clip(self, trainer: L.Trainer, path, step: int) -> None:
@@ -178,6 +179,16 @@ class EvalCallback(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
         self._stop_recorder()
+
+
+def _lower_priority() -> None:
+    """The recorder process yields the CPU to training: it renders on what the machine has spare."""
+    import os
+
+    try:
+        os.nice(10)
+    except (AttributeError, OSError):  # no nice on this platform: the video share still bounds it
+        pass
 
 
 def record_clip(env_cfg, stats: dict, model_cfg: dict, weights: dict, seed: int, path: str) -> str:

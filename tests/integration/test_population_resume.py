@@ -237,3 +237,17 @@ def test_a_population_job_whose_member_failed_is_a_failed_job_in_the_sweep_summa
     failed = [p.parent.name for p in sweep.glob("*/FAILED")]
     assert len(failed) == 1 and failed[0].startswith("0_")
     assert (sweep / failed[0] / "member-0" / "csv" / "metrics.csv").is_file()  # the other member trained on
+
+
+def test_a_population_folder_is_refused_to_a_new_run_with_its_resume_command(tmp_path):
+    from pglab.run.hydra_callbacks import foreign_run
+
+    run = tmp_path / "run"
+    (run / "member-0" / "csv").mkdir(parents=True)  # killed before its first checkpoint: members' logs only
+    assert "holds another run (member-0)" in foreign_run(run, None)
+    assert "it has no checkpoint to resume from" in foreign_run(run, None)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "population.ckpt").write_bytes(b"")
+    problem = foreign_run(run, None)
+    assert f"ckpt_path={run / 'checkpoints' / 'population.ckpt'} hydra.run.dir={run}" in problem
+    assert foreign_run(run, str(run / "checkpoints" / "population.ckpt")) is None  # resuming it

@@ -26,13 +26,19 @@ def foreign_run(run_dir: str | Path, ckpt_path: str | None) -> str | None:
     is not that run being resumed (``ckpt_path`` inside ``run_dir``)."""
     run_dir = Path(run_dir)
     found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    found += sorted(p.name for p in run_dir.glob("member-*") if p.is_dir())[:1]  # a population's members
     if not found:
         return None
     if ckpt_path is not None and run_dir.resolve() in Path(ckpt_path).resolve().parents:
         return None  # resuming the run that lives there
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = f"to continue that run: ckpt_path={last} hydra.run.dir={run_dir}" if last.is_file() else \
-        "it has no checkpoints/last.ckpt to resume from"
+    last, population = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "population.ckpt"
+    if population.is_file():
+        resume = (f"to continue that population: ckpt_path={population} hydra.run.dir={run_dir} with its "
+                  "population= setting")
+    elif last.is_file():
+        resume = f"to continue that run: ckpt_path={last} hydra.run.dir={run_dir}"
+    else:
+        resume = "it has no checkpoint to resume from"
     return (f"{run_dir} holds another run ({', '.join(found)}), and a new run there would overwrite its config and "
             f"checkpoints and mix its metrics: {resume}; to start a new run, leave out hydra.run.dir (each launch "
             "gets a new folder) or choose a folder that does not exist yet")

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/video_cost.py [--steps 100000] [--repeats 3] [--logger csv]
 
 The default run (``algo=ppo`` on CartPole-v1: 8 envs × 32 steps per rollout, eval every 25 rollouts and after the
-last: 16 evaluations in 100k steps) without video, with ``eval.video=true`` as shipped (one clip of one episode of one env per evaluation,
-rendered and encoded by a recorder process) and with each clip recorded in the training process the way
-gymnasium's RecordVideo does (``EvalCallback.video_recorder = "inline"``).
+last: 16 evaluations in 100k steps) without video, with ``eval.video=true`` as shipped (one clip of one episode of
+one env per evaluation, rendered and encoded by a recorder process) and with each clip recorded in the training
+process the way gymnasium's RecordVideo does (``EvalCallback.video_recorder = "inline"``).
 Cases are interleaved round by round, so a loaded machine slows both alike; the slowdown is taken within each
 round and the median printed. Timed: ``Trainer.fit`` (the eval envs, the video env and every clip are made
 inside it). Needs moviepy (``pip install 'pglab[video]'``).

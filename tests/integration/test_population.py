@@ -304,7 +304,8 @@ def test_adaptive_kl_penalty_runs_with_a_beta_per_member(tmp_path):
     out = tmp_path / "pop"
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "population=2", "algo=ppo_kl",
-                           "surrogate.target_kl=0.003", "total_env_steps=1500", "eval.enabled=false", "logger=csv", f"hydra.run.dir={out}",
+                           "surrogate.target_kl=0.003", "total_env_steps=1500", "eval.enabled=false", "logger=csv",
+                           f"hydra.run.dir={out}",
                            "trainer.enable_progress_bar=false"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -322,3 +323,30 @@ def test_adaptive_kl_penalty_runs_with_a_beta_per_member(tmp_path):
             assert float(r["train/beta"]) == pytest.approx(beta)
         betas.append([float(r["train/beta"]) for r in rows])
     assert betas[0] != betas[1]  # two members, two KLs, two β histories
+
+
+def test_each_member_is_evaluated_as_its_own_run(tmp_path):
+    """eval.* for a population: each member's eval/* columns at the single run's cadence (every_n_epochs and its
+    last rollout), its deterministic policy on envs frozen at its own normalisation statistics — the last one equal
+    to pglab.tools.evaluate of the member's final checkpoint with the same seed."""
+    from pglab.tools.evaluate import evaluate
+
+    out = tmp_path / "pop"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "pglab.run.train", "population=2", "seed=4", "total_env_steps=1024",
+                           "env.num_envs=4", "collector.num_steps=32", "env.normalize_obs=true", "logger=csv",
+                           "eval.every_n_epochs=3", "eval.episodes=4", "eval.num_envs=2", f"hydra.run.dir={out}",
+                           "trainer.enable_progress_bar=false"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k, seed in enumerate((4, 5)):
+        (path,) = (out / f"member-{k}").rglob("metrics.csv")
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        evaluated = [i for i, r in enumerate(rows) if r.get("eval/return_mean")]
+        assert evaluated == [2, 5, len(rows) - 1]  # rollouts 3 and 6 of 8, and the last
+        last = rows[-1]
+        reference = evaluate(out / f"member-{k}" / "checkpoints" / "last.ckpt", episodes=4, num_envs=2,
+                             seed=seed + 1_000_000 + len(evaluated) - 1)
+        assert float(last["eval/return_mean"]) == pytest.approx(reference["return_mean"])
+        assert float(last["eval/length_mean"]) == pytest.approx(reference["length_mean"])

@@ -20,8 +20,9 @@ the checkpoint's algorithm, env and model; each member's CSV rows past its check
 episodes from seeds moved past the original start; a population of other seeds than the checkpoint's refused.
 
 Not covered (refused at start-up or said at start-up): DDP (one process trains the whole population), the episode
-collector, surrogates with a reference policy (GRPO with β > 0) or on whole episodes (GSPO), eval callbacks. A surrogate
-with state of its own (adaptive-β KL penalty) has one per member, adapted to that member's KL.
+collector, surrogates with a reference policy (GRPO with β > 0) or on whole episodes (GSPO), eval videos. A surrogate
+with state of its own (adaptive-β KL penalty) has one per member, adapted to that member's KL. Each member is
+evaluated as a single run's EvalCallback evaluates (``eval.*``), into its own ``eval/*`` columns.
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pglab.envs.make import EnvConfig, check_env_api, find_wrapper, load_rms, make_vector_env, rms_state
+from pglab.envs.make import (
+    EnvConfig,
+    check_env_api,
+    find_wrapper,
+    freeze_normalization,
+    load_rms,
+    make_frozen_envs,
+    make_vector_env,
+    rms_state,
+    run_episodes,
+)
 from pglab.learner.population import PopulationLearner, population_unsupported
 from pglab.models.build import build_policy
 from pglab.rollout.advantages import compute_advantages
@@ -175,6 +186,10 @@ def check_population(cfg: DictConfig, surrogate) -> None:
                         "population per process (e.g. -m seed=0,100 population=8)")
     if cfg.collector.kind != "segments":
         problems.append("collector.kind=episodes: a population collects segments only (collector.kind=segments)")
+    if cfg.eval.enabled and cfg.eval.get("video"):
+        problems.append("eval.video=true: a population evaluates its members but records no video (eval.video=false; "
+                        "record a member afterwards with pglab.tools.evaluate video=true ckpt_path=<run>/member-<k>/"
+                        "checkpoints/last.ckpt)")
     if cfg.trainer.get("accelerator") not in ("cpu", None):
         problems.append("trainer.accelerator other than cpu: a population runs on the CPU (trainer=cpu)")
     if int(cfg.learner.get("minibatches_per_step") or 0) not in (0,):
@@ -200,6 +215,9 @@ class Population:
         # targets and advantages of all members in one call, where that is checked to equal one call per member
         self.columnwise_reason = columnwise(estimator, baseline)
         self.out = out
+        self.env_cfg = EnvConfig(**OmegaConf.to_container(cfg.env, resolve=True))
+        self.eval_envs: list = [None] * len(seeds)  # each member's eval envs, made at its first evaluation
+        self.evaluations = [0] * len(seeds)
         self.member_dirs = [out / f"member-{k}" for k in range(len(seeds))]
         self.loggers = []
         self.returns20: list[list[float]] = [[] for _ in seeds]
@@ -431,9 +449,33 @@ class Population:
                 metrics["rollout/return_mean20"] = sum(self.returns20[k]) / 20
             if m.env_steps >= learner.total_env_steps:
                 m.finished = True
+            if self.cfg.eval.enabled and ((self.rollouts + 1) % int(self.cfg.eval.every_n_epochs) == 0
+                                          or m.finished):
+                metrics.update(self.evaluate(k))
             rows.append(metrics)
         self.rollouts += 1
         return rows
+
+    def evaluate(self, k: int) -> dict[str, float]:
+        """Member k's deterministic policy (the mode of π) on eval envs of its own, frozen at its normalisation
+        statistics: ``eval.episodes`` episodes, as a single run's ``EvalCallback`` evaluates (its seed: the member's
+        seed + 1,000,000 + the evaluations so far)."""
+        if self.eval_envs[k] is None:
+            stats = self.member_normalization(k)
+            self.eval_envs[k] = make_frozen_envs(self.env_cfg, int(self.cfg.eval.num_envs), stats)
+        else:
+            freeze_normalization(self.eval_envs[k], self.member_normalization(k))
+        network = self.learner.networks[k]  # its parameters are views of the population's: the current weights
+
+        def act(obs):
+            return network.act(obs, deterministic=True).actions
+
+        seed = self.seeds[k] + 1_000_000 + self.evaluations[k]
+        with torch.inference_mode():
+            returns, lengths = run_episodes(self.eval_envs[k], act, int(self.cfg.eval.episodes), seed=seed)
+        self.evaluations[k] += 1
+        return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
+                "eval/length_mean": float(lengths.mean())}
 
     def log(self, rows: list[dict[str, float]]) -> None:
         for k, metrics in enumerate(rows):
@@ -447,7 +489,7 @@ class Population:
                 logger.save()
                 if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
                     logger._experiment.finish()
-        for envs in self.envs:
+        for envs in self.envs + [e for e in self.eval_envs if e is not None]:
             envs.close()
 
     def wandb_hint(self) -> str | None:
@@ -603,8 +645,8 @@ def run_population(cfg: DictConfig) -> tuple[dict[str, float], int]:
         return {}, 128 + int(_stop_signal())
     network = type(pop.learner.base).__name__
     print(f"pglab: population of {P} (seeds {pop.seeds}) of {network}; {pop.learner.describe()}; "
-          f"outputs in {pop.out}/member-<k>/ (per member: CSV, the configured loggers and checkpoints; eval "
-          "callbacks are not run for populations)", flush=True)
+          f"outputs in {pop.out}/member-<k>/ (per member: CSV, the configured loggers, checkpoints and its "
+          "evaluations)", flush=True)
     resume_steps = None
     if ckpt is not None:
         resume_steps = [m.env_steps for m in pop.learner.members]

@@ -23,8 +23,8 @@ Seeds are trained as populations where pglab can (README, "Populations"): before
 composed for every env as its population job would compose it and handed to pglab's own start-up check
 (``pglab.run.population.check_population``). A rung it accepts trains its seeds as ONE job per env,
 ``population=[0, 1, ...]`` (each seed a member, written to ``<job>/member-<k>/`` as a run of its own); a rung it
-refuses (today: the episode collector of the REINFORCE rungs and of GRPO/GSPO, adaptive-β ``kl_penalty``) trains
-one job per env and seed, as before. The probe needs seed 0's early / middle / late snapshots; whether population
+refuses (for now the episode collector of the REINFORCE rungs and of GRPO/GSPO) trains one job per
+env and seed, as before. The probe needs seed 0's early / middle / late snapshots; whether population
 members keep ``checkpoint.snapshots`` is found out by training a population of 2 for two rollouts (seconds), and
 where they do not, the PPO-clip rung's seed 0 runs as a separate job and its other seeds as a population. The
 split and its reasons are printed, written to ``<sweep>/ladder_plan.json`` and stated in the report's header.
@@ -43,8 +43,10 @@ Every job gets the same ``total_env_steps``, CSV logging, no periodic evaluation
 
 Budget flags for a reduced version: ``--steps``, ``--seeds``, ``--envs``, ``--rungs``, ``--jobs``,
 ``--probe-batches``, ``--probe-reference-steps``. ``--sweep-dir DIR --skip-train`` re-aggregates a finished sweep.
-The full study (16 rungs × 2 envs × 5 seeds × 300k steps = 48M env steps) takes hours on a 2-core CPU; give it
-``--jobs`` = the cores you have.
+The full study (16 rungs × 2 envs × 5 seeds × 300k steps = 48M env steps) should take about an hour of training on a
+busy 2-core CPU (three times the 100k-step study's 21 min sweep of 90 jobs; docs/ladder.md's last table has every
+rung's job seconds), plus a few minutes of probe; give it ``--jobs`` = the cores you have. ``--no-population`` trains
+every seed as a job of its own, as before populations (to compare the two).
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe-reference-steps", type=int, default=262_144,
                    help="pglab.tools.probe reference batch size in env steps (default %(default)s)")
     p.add_argument("--no-probe", action="store_true", help="skip the gradient probe")
+    p.add_argument("--no-population", action="store_true",
+                   help="every seed a job of its own, as before populations (to compare their cost)")
     p.add_argument("--sweep-dir", type=Path, default=None, help="the multirun folder (default multirun/ladder-<time>)")
     p.add_argument("--skip-train", action="store_true", help="aggregate an existing --sweep-dir only")
     p.add_argument("--out", type=Path, default=DOCS / "ladder.md", help="report (figures go to <out stem>/)")
@@ -252,8 +256,9 @@ def plan(args, rungs: list[Rung], sweep_dir: Path) -> list[Plan]:
     seeds = list(range(args.seeds))
     plans = []
     for rung in rungs:
-        if len(seeds) < 2:
-            plans.append(Plan(rung, [], seeds, "one seed: nothing to train together"))
+        if len(seeds) < 2 or args.no_population:
+            plans.append(Plan(rung, [], seeds, "--no-population" if args.no_population
+                              else "one seed: nothing to train together"))
             continue
         refusal = population_refusal(rung, args, conf.parent, seeds)
         if refusal:
@@ -581,7 +586,8 @@ def write_report(args, rows: list[Row], figures: list[Path], probes: dict[str, P
     this_cmd = "python benchmarks/ladder.py " + " ".join(
         [f"--steps {args.steps}", f"--seeds {args.seeds}", "--envs " + " ".join(args.envs), f"--jobs {args.jobs}",
          f"--probe-batches {args.probe_batches}", f"--probe-reference-steps {args.probe_reference_steps}"]
-        + (["--rungs " + " ".join(args.rungs)] if args.rungs else []))
+        + (["--rungs " + " ".join(args.rungs)] if args.rungs else [])
+        + (["--no-population"] if args.no_population else []))
     lines = ["# The ladder: every rung of the derivation on the same budget", ""]
     if reduced:
         lines += ["> **Reduced run.** This page comes from a reduced ladder "

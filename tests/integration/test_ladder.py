@@ -22,18 +22,20 @@ def ladder():
 
 
 def test_split_follows_check_population(ladder, tmp_path):
-    args = ladder.parse_args(["--steps", "1000", "--seeds", "3", "--envs", "cartpole", "--no-probe",
-                              "--rungs", "01_reinforce", "13_kl_penalty", "06_nstep_k5"])
-    plans = {p.rung.name: p for p in ladder.plan(args, ladder.select_rungs(args.rungs), tmp_path)}
-    # the episode collector and adaptive β are refused with pglab's reason; the a2c rung trains as one population
-    assert plans["01_reinforce"].population == [] and plans["01_reinforce"].separate == [0, 1, 2]
-    assert "collector.kind=episodes" in plans["01_reinforce"].why
-    assert plans["13_kl_penalty"].population == [] and "adaptive beta" in plans["13_kl_penalty"].why
-    assert plans["06_nstep_k5"].population == [0, 1, 2] and plans["06_nstep_k5"].separate == []
+    """A rung pglab's check refuses (here one on two devices: a population is one process) trains a job per seed,
+    with pglab's reason; one it accepts (the a2c k = 5 rung) trains its seeds as one population job."""
+    args = ladder.parse_args(["--steps", "1000", "--seeds", "3", "--envs", "cartpole", "--no-probe"])
+    two_devices = ladder.Rung("99_two_devices", "two devices", "estimator", "a2c", values={"trainer": {"devices": 2}})
+    rungs = [*ladder.select_rungs(["06_nstep_k5"]), two_devices]
+    plans = {p.rung.name: p for p in ladder.plan(args, rungs, tmp_path)}
+    refused, accepted = plans["99_two_devices"], plans["06_nstep_k5"]
+    assert refused.population == [] and refused.separate == [0, 1, 2]
+    assert refused.why.startswith("pglab refuses a population") and "one process" in refused.why
+    assert accepted.population == [0, 1, 2] and accepted.separate == []
     conf = tmp_path / "conf" / "experiment"
     assert "population: [0, 1, 2]" in (conf / "ladder_06_nstep_k5.yaml").read_text()
-    assert "seed: 2" in (conf / "ladder_01_reinforce__seed2.yaml").read_text()
-    assert plans["01_reinforce"].jobs() == [f"ladder_01_reinforce__seed{s}" for s in range(3)]
+    assert "seed: 2" in (conf / "ladder_99_two_devices__seed2.yaml").read_text()
+    assert refused.jobs() == [f"ladder_99_two_devices__seed{s}" for s in range(3)]
     assert ladder.rung_of_experiment("ladder_09_gae_lam0.9__seed3") == "09_gae_lam0.9"
     assert ladder.rung_of_experiment("ladder_09_gae_lam0.9") == "09_gae_lam0.9"
     assert (tmp_path / "ladder_plan.json").is_file()

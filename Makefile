@@ -36,7 +36,7 @@ bench: install  ## pglab vs SB3 speed benchmarks, ≈ 9 min (writes benchmarks/r
 	$(BIN)/pip install -q -e ".[$(EXTRAS),bench]"
 	$(BIN)/python benchmarks/run_all.py $(ARGS)
 
-ladder: install  ## every rung on CartPole + Acrobot, 5 seeds (one population job per rung where pglab allows), docs/ladder.md (≈ 1 h on 2 busy cores; reduced: ARGS="--steps 50000 --seeds 2 --envs cartpole")
+ladder: install  ## every rung on CartPole + Acrobot, 5 seeds (one population job per rung where pglab allows), docs/ladder.md (≈ 30 min on 2 busy cores; reduced: ARGS="--steps 50000 --seeds 2 --envs cartpole")
 	$(BIN)/python benchmarks/ladder.py $(ARGS)
 
 zoo: install  ## tuned presets vs SB3 at the same settings, 5 seeds each (hours, resumable; benchmarks/results/zoo.*)

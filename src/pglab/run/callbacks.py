@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 
 from pglab.envs.make import run_episodes
+from pglab.run.recorder import lower_priority, record_clip, warm_up
 
 __all__ = ["SolveTracker", "EvalCallback", "ReplicaCheck", "EnvStepProgressBar", "format_progress", "announce",
            "job_label", "last_return", "ReplayFirstRollout", "PhaseTimer"]
@@ -109,6 +110,20 @@ class EvalCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module) -> None:
         self._fit_start = time.monotonic()
+        if self.video_dir is not None and not self._inline and trainer.global_rank == 0:
+            # the recorder process starts now, beside training: its interpreter and imports (torch, gymnasium,
+            # moviepy: seconds) are paid while training runs, not when the first clip or the last is due
+            self._start_recorder()
+            self._recorder.submit(warm_up)
+
+    def _start_recorder(self) -> None:
+        if self._recorder is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fork would copy this process's threads (W&B, the data loader) and their locks
+            self._recorder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=lower_priority)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
         last = trainer.should_stop or (trainer.max_epochs not in (None, -1)
@@ -145,13 +160,7 @@ class EvalCallback(L.Callback):
             if not wait and self._recorder_s > self.video_share * elapsed:
                 return  # over its share: the clip waits (a later evaluation replaces it; the last is always made)
             (job, step), self._waiting = self._waiting, None
-            if self._recorder is None:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-
-                # spawn: a fork would copy this process's threads (W&B, the data loader) and their locks
-                self._recorder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=_lower_priority)
+            self._start_recorder()
             self._in_flight = (self._recorder.submit(record_clip, *job), step, job, time.monotonic())
 
     def _log_clip(self, trainer: L.Trainer, path, step: int) -> None:
@@ -179,63 +188,6 @@ class EvalCallback(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
         self._stop_recorder()
-
-
-def _lower_priority() -> None:
-    """The recorder process yields the CPU to training: it renders on what the machine has spare."""
-    import os
-
-    try:
-        os.nice(10)
-    except (AttributeError, OSError):  # no nice on this platform: the video share still bounds it
-        pass
-
-
-def record_clip(env_cfg, stats: dict, model_cfg: dict, weights: dict, seed: int, path: str) -> str:
-    """In the recorder process: one episode of the deterministic policy (``model_cfg`` with ``weights``) on a
-    one-env copy of ``env_cfg`` frozen at ``stats``, each step's frame (the first env's ``render()``, as
-    RecordVideo captures it) written to ``path`` (mp4)."""
-    import dataclasses
-
-    from pglab.envs.make import _headless_sdl, make_frozen_envs
-    from pglab.models.build import build_policy
-
-    torch.set_num_threads(1)
-    _headless_sdl()
-    cfg = dataclasses.replace(env_cfg, kwargs={**dict(env_cfg.kwargs), "render_mode": "rgb_array"})
-    envs = make_frozen_envs(cfg, 1, stats)
-    try:
-        fps = envs.metadata.get("render_fps") or 30
-        policy = build_policy(model_cfg, envs.single_observation_space, envs.single_action_space)
-        policy.load_state_dict(weights)
-        policy.eval()
-        obs, _ = envs.reset(seed=seed)
-        frames = [envs.render()[0]]
-        with torch.inference_mode():
-            for _ in range(100_000):
-                actions = policy.act(torch.as_tensor(obs, dtype=torch.float32), deterministic=True).actions
-                obs, _, terminated, truncated, _ = envs.step(actions.cpu().numpy())
-                frames.append(envs.render()[0])  # next-step autoreset: this is still the episode's last state
-                if terminated[0] or truncated[0]:
-                    break
-    finally:
-        envs.close()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return str(write_clip(frames, target, fps))
-
-
-def write_clip(frames: list, path: Path, fps: float) -> Path:
-    """Encode ``frames`` ([H, W, 3] uint8 each) to an mp4 at ``path``: libx264's ``ultrafast`` preset, one thread
-    (it shares the machine with training), no audio."""
-    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
-
-    clip = ImageSequenceClip(frames, fps=fps)
-    try:
-        clip.write_videofile(str(path), codec="libx264", audio=False, preset="ultrafast", threads=1, logger=None)
-    finally:
-        clip.close()
-    return path
 
 
 def _clock(seconds: float | None) -> str:

@@ -51,7 +51,7 @@ class EvalCallback(L.Callback):
         self.video_dir = video_dir
         self.envs = None
         self.evaluations = 0
-        self._recorder = None      # the recorder process (a one-worker pool), started at the first clip
+        self._recorder = None      # the recorder process (a one-worker pool), started with training
         self._in_flight = None     # (future → path, env steps, job arguments) being recorded
         self._waiting = None       # (job arguments, env steps) of the latest evaluation not yet recorded
         self._clips_asked = self._clips_made = 0

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pglab.accel import activations, fused_actor
 from pglab.accel.activations import SIGMOID_FORM_MIN_ELEMENTS, tanh, tanh_
 
 # both kernels: below the size threshold torch's tanh_ runs, above it the 2σ(2x) − 1 form
@@ -27,3 +28,29 @@ def test_tanh_keeps_infinities_and_nan():
     x[:3] = torch.tensor([float("inf"), -float("inf"), float("nan")])
     out = tanh_(x.clone())
     assert out[0] == 1 and out[1] == -1 and torch.isnan(out[2]) and not torch.isnan(out[3:]).any()
+
+
+def test_the_start_up_check_compares_the_large_tensor_kernel(monkeypatch):
+    """The verifier's synthetic batch is small; it must still run the branch training takes on large minibatches:
+    a kernel wrong only above the size threshold is caught by both checks."""
+    from pglab.accel import lean
+    from pglab.accel.verify import verify_fused_actor, verify_lean_update
+    from pglab.core.surrogates import Clip
+    from pglab.learner.loss import LossSettings
+    from pglab.models.mlp import ActorCritic
+
+    def wrong_above_threshold(x):
+        if x.numel() < activations.SIGMOID_FORM_MIN_ELEMENTS:
+            return x.tanh_()
+        return x.mul_(2).sigmoid_().mul_(2).sub_(0.99)  # off by 0.01
+
+    torch.manual_seed(0)
+    policy = ActorCritic(4, ("discrete", 2))
+    assert verify_lean_update(policy, Clip(0.2), LossSettings()).problem is None
+    assert verify_fused_actor(policy).problem is None
+    monkeypatch.setitem(lean._ACTIVATION_FORWARD, "tanh", wrong_above_threshold)
+    assert verify_lean_update(policy, Clip(0.2), LossSettings()).problem is not None
+    monkeypatch.setattr(activations, "tanh", lambda x: wrong_above_threshold(x.clone()))
+    monkeypatch.setitem(fused_actor._ACTIVATION_FNS, "tanh", lambda x: wrong_above_threshold(x.clone()))
+    assert verify_fused_actor(policy).problem is not None
+    assert activations.SIGMOID_FORM_MIN_ELEMENTS == SIGMOID_FORM_MIN_ELEMENTS  # restored after each check

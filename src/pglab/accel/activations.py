@@ -12,10 +12,14 @@ in four in-place element-wise calls, still cheaper per element than ``tanh``; be
 envs) the four calls' dispatch costs more than they save, and torch's ``tanh_`` runs. The two agree to ≈ 2e-7
 absolute in float32 (a few ulps of 0.5, the size of the differences a reordered matmul makes) and ≈ 4e-16 in
 float64; ±inf give ±1 and NaN stays NaN, as with tanh. ``tests/accel/test_activations.py`` checks both against
-``torch.tanh``.
+``torch.tanh``, and the start-up checks (``accel/verify.py``, ``verify_stacked``) run with this kernel on every
+tensor (``large_tensor_kernels``), so the branch training takes is the one compared with the reference network.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import torch
 from torch import Tensor
@@ -33,3 +37,25 @@ def tanh_(x: Tensor) -> Tensor:
 def tanh(x: Tensor) -> Tensor:
     """Out-of-place ``tanh`` with ``tanh_``'s kernel choice."""
     return tanh_(x.clone()) if x.device.type == "cpu" and x.numel() >= SIGMOID_FORM_MIN_ELEMENTS else torch.tanh(x)
+
+
+def large_tensor_kernels(check):
+    """Run ``check`` (a start-up verifier) with the large-tensor kernels on every tensor: its synthetic batch is
+    small, and the branch it must compare with the reference is the one training takes on real minibatches."""
+
+    @functools.wraps(check)
+    def wrapped(*args, **kwargs):
+        with _threshold(0):
+            return check(*args, **kwargs)
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def _threshold(elements: int):
+    global SIGMOID_FORM_MIN_ELEMENTS
+    saved, SIGMOID_FORM_MIN_ELEMENTS = SIGMOID_FORM_MIN_ELEMENTS, elements
+    try:
+        yield
+    finally:
+        SIGMOID_FORM_MIN_ELEMENTS = saved

@@ -385,6 +385,7 @@ def stacked_adam_step(rows: list[int], params: Tensor, grads: Tensor, exp_avg: T
                            weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
 
 
+@activations.large_tensor_kernels
 def verify_stacked(networks64: list[nn.Module], reference_gradients: Callable, reference_act: Callable,
                    surrogate: Surrogate, settings, value_clip: float | None) -> Verdict:
     """Do the stacked fast paths over ``networks64`` (float64 copies of some members, laid out alike) give what

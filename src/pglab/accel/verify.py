@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pglab.accel import activations
 from pglab.accel.fused_actor import fused_actor
 from pglab.accel.lean import LeanUpdate
 from pglab.accel.structure import mlp_layout
@@ -101,6 +102,7 @@ def synthetic_batch(policy: nn.Module, obs_dim: int, generator: torch.Generator,
                  num_episodes=episodes)
 
 
+@activations.large_tensor_kernels
 def verify_fused_actor(policy: nn.Module, reference: nn.Module | None = None) -> Verdict:
     """Does the fused actor built from ``policy`` give the reference network's actions' log-probabilities,
     values and distribution parameters (sampled and deterministic)? ``reference``: ``float64_copy(policy)`` if
@@ -132,6 +134,7 @@ def verify_fused_actor(policy: nn.Module, reference: nn.Module | None = None) ->
                    time.perf_counter() - start)
 
 
+@activations.large_tensor_kernels
 def verify_lean_update(policy: nn.Module, surrogate: Surrogate, settings: LossSettings,
                        reference: nn.Module | None = None) -> Verdict:
     """Does the lean update give the reference loss (``pglab.learner.loss``), every parameter's gradient and every
